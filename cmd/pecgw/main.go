@@ -1,0 +1,106 @@
+// Command pecgw is the access point (punto di accesso) of a PEC provider,
+// and the tools that go with it. This version has the subcommands that
+// need no daemon: version and verify.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"strings"
+)
+
+const usage = `pecgw: a PEC (Posta Elettronica Certificata) access point
+
+usage:
+  pecgw verify FILE.eml [--ca CA.pem]   check a signed PEC message and show what it certifies
+  pecgw version                         print the version
+  pecgw help                            this text
+`
+
+// errUsage marks a command-line mistake: exit status 2.
+var errUsage = errors.New("usage")
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run executes one command and returns the exit status: 0 success, 1 a
+// failed check or operation, 2 a usage error.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, "pecgw", version())
+		return 0
+	case "help", "--help", "-h", "-help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	case "verify":
+		err = cmdVerify(args[1:], stdout, stderr)
+	default:
+		fmt.Fprintf(stderr, "pecgw: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(stderr, "pecgw %s: %v\n", args[0], err)
+		return 2
+	case errors.Is(err, errSilent):
+		return 1
+	default:
+		fmt.Fprintf(stderr, "pecgw %s: %v\n", args[0], err)
+		return 1
+	}
+}
+
+// errSilent is a failure already reported on stdout.
+var errSilent = errors.New("failed")
+
+// version is the module version stamped by the Go toolchain, or "devel".
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok || bi.Main.Version == "" || bi.Main.Version == "(devel)" {
+		return "devel"
+	}
+	return bi.Main.Version
+}
+
+// parseInterspersed parses flags that may come before or after the
+// positional arguments (pecgw verify FILE --ca CA.pem).
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, fmt.Errorf("%w: %v", errUsage, err)
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		if args[0] == "--" {
+			return append(pos, args[1:]...), nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func quietFlagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return fs
+}
+
+func indent(lines []string, prefix string) string {
+	return strings.Join(lines, "\n"+prefix)
+}

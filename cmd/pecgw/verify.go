@@ -1,0 +1,234 @@
+package main
+
+import (
+	"bytes"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net/mail"
+	"os"
+	"strings"
+
+	"github.com/pecgw/pecgw/pec"
+	"github.com/pecgw/pecgw/signer"
+)
+
+// maxVerifySize bounds the message read by pecgw verify.
+const maxVerifySize = 200 << 20
+
+// Labels of the message kinds by their daticert tipo (RFC 6109 §3; DM 2
+// novembre 2005 art. 6).
+var kindLabel = map[string]string{
+	"posta-certificata":         "busta di trasporto (transport envelope)",
+	"accettazione":              "ricevuta di accettazione (acceptance receipt)",
+	"non-accettazione":          "avviso di non accettazione (non-acceptance notice)",
+	"presa-in-carico":           "ricevuta di presa in carico (take-charge receipt)",
+	"avvenuta-consegna":         "ricevuta di avvenuta consegna (delivery receipt)",
+	"errore-consegna":           "avviso di mancata consegna (non-delivery notice)",
+	"preavviso-errore-consegna": "avviso di mancata consegna per superamento tempi massimi (delivery timeout notice)",
+	"rilevazione-virus":         "avviso di rilevazione virus (virus detection notice)",
+}
+
+// cmdVerify checks a signed PEC message: the S/MIME signature (and the
+// chain, with --ca), that X-Trasporto / X-Ricevuta agree with
+// daticert.xml, and prints what the message certifies. Exit status 0 only
+// when everything checked is valid.
+func cmdVerify(args []string, stdout, _ io.Writer) error {
+	fs := quietFlagSet("verify")
+	caFile := fs.String("ca", "", "PEM file of trusted root certificates; without it only integrity is checked")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return fmt.Errorf("%w: want one message file: pecgw verify FILE.eml [--ca CA.pem]", errUsage)
+	}
+	file := pos[0]
+	var roots *x509.CertPool
+	if *caFile != "" {
+		pemData, err := os.ReadFile(*caFile)
+		if err != nil {
+			return fmt.Errorf("reading --ca: %w", err)
+		}
+		roots = x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pemData) {
+			return fmt.Errorf("%s: no PEM certificate found", *caFile)
+		}
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	msg, err := io.ReadAll(io.LimitReader(f, maxVerifySize+1))
+	if err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	if len(msg) > maxVerifySize {
+		return fmt.Errorf("%s: larger than %d MiB", file, maxVerifySize>>20)
+	}
+
+	w := &report{w: stdout}
+	w.line("file", file)
+	ok := true
+
+	hdr, herr := mail.ReadMessage(bytes.NewReader(msg))
+	headerKind := ""
+	if herr == nil {
+		headerKind = headerTipo(hdr.Header)
+	}
+
+	// Integrity first, then (with --ca) trust, so the report can say
+	// which of the two failed.
+	res, verr := signer.Verify(msg, nil)
+	var chainErr error
+	if verr == nil && roots != nil {
+		var chained *signer.Result
+		if chained, chainErr = signer.Verify(msg, roots); chainErr == nil {
+			res = chained
+		}
+	}
+	var dc pec.DatiCert
+	var dcErr error
+	if res != nil {
+		var xml []byte
+		if xml, dcErr = pec.FindDatiCert(res.Content); dcErr == nil {
+			dc, dcErr = pec.ParseDatiCert(xml)
+		}
+	} else {
+		dcErr = errors.New("not read: the signature could not be checked")
+	}
+
+	switch {
+	case dcErr != nil:
+		w.line("type", "unknown: "+dcErr.Error())
+		ok = false
+	case headerKind != "" && headerKind != dc.Tipo:
+		w.line("type", fmt.Sprintf("MISMATCH: the header says %q, daticert.xml says %q", headerKind, dc.Tipo))
+		ok = false
+	case headerKind == "":
+		w.line("type", fmt.Sprintf("%s, but the message has no X-Trasporto or X-Ricevuta header", label(dc.Tipo)))
+		ok = false
+	default:
+		w.line("type", label(dc.Tipo))
+	}
+	if dcErr == nil {
+		if dc.Errore != pec.ErroreNessuno {
+			w.line("error", dc.Errore+optional(" - ", dc.ErroreEsteso))
+		}
+		w.line("identifier", dc.Identificativo)
+		if dc.MsgID != "" {
+			w.line("client msgid", dc.MsgID)
+		}
+		w.line("sender", dc.Mittente)
+		var rs []string
+		for _, r := range dc.Destinatari {
+			rs = append(rs, fmt.Sprintf("%s (%s)", r.Address, r.Tipo()))
+		}
+		w.line("recipients", indent(rs, strings.Repeat(" ", 14)))
+		if dc.Consegna != "" {
+			w.line("delivered to", dc.Consegna)
+		}
+		w.line("subject", dc.Oggetto)
+		w.line("time", fmt.Sprintf("%s %s (%s)", dc.Day, dc.Clock, dc.ZoneText))
+		w.line("provider", dc.Gestore)
+	}
+	if res != nil {
+		w.line("signer", signerName(res.Signer))
+		if !res.SigningTime.IsZero() {
+			w.line("signed at", res.SigningTime.In(pec.Rome()).Format("02/01/2006 15:04:05 (-0700)"))
+		}
+		alg := res.Digest
+		if res.Legacy {
+			alg += ", legacy application/x-pkcs7-signature"
+		}
+		w.line("algorithm", alg)
+	}
+	if verr != nil {
+		w.line("signature", "INVALID: "+verr.Error())
+		ok = false
+	} else {
+		w.line("signature", "signature valid")
+	}
+	switch {
+	case roots == nil:
+		w.line("chain", "not checked (give --ca CA.pem to check it)")
+	case verr != nil:
+		w.line("chain", "not checked: the signature is invalid")
+		ok = false
+	case chainErr != nil:
+		w.line("chain", "INVALID: "+chainErr.Error())
+		ok = false
+	case res.ChainVerified:
+		w.line("chain", "valid (trusted by "+*caFile+")")
+	default:
+		w.line("chain", "INVALID: not verified")
+		ok = false
+	}
+	if res != nil && dcErr == nil {
+		for _, warn := range signer.CheckProfile(res.Signer, domainOf(res.Signer)) {
+			w.line("profile", "warning: "+warn)
+		}
+	}
+	if !ok {
+		w.line("result", "NOT VALID")
+		return errSilent
+	}
+	w.line("result", "valid")
+	return nil
+}
+
+// headerTipo is the kind the header declares: X-Trasporto for envelopes,
+// X-Ricevuta for receipts and notices (RFC 6109 App. A).
+func headerTipo(h mail.Header) string {
+	if v := strings.TrimSpace(h.Get("X-Trasporto")); v != "" {
+		if strings.EqualFold(v, "posta-certificata") {
+			return "posta-certificata"
+		}
+		return "errore" // busta di anomalia: carries no daticert.xml
+	}
+	return strings.ToLower(strings.TrimSpace(h.Get("X-Ricevuta")))
+}
+
+func label(tipo string) string {
+	if l, ok := kindLabel[tipo]; ok {
+		return l + " [" + tipo + "]"
+	}
+	return tipo
+}
+
+func optional(sep, s string) string {
+	if s == "" {
+		return ""
+	}
+	return sep + s
+}
+
+func signerName(c *x509.Certificate) string {
+	if c == nil {
+		return "unknown"
+	}
+	s := c.Subject.String()
+	if len(c.EmailAddresses) > 0 {
+		s += " <" + strings.Join(c.EmailAddresses, ", ") + ">"
+	}
+	return s
+}
+
+// domainOf is the domain of the certificate's posta-certificata@ address,
+// to check the RFC 6109 §5.5 profile against.
+func domainOf(c *x509.Certificate) string {
+	for _, e := range c.EmailAddresses {
+		if i := strings.LastIndexByte(e, '@'); i >= 0 {
+			return e[i+1:]
+		}
+	}
+	return ""
+}
+
+type report struct{ w io.Writer }
+
+func (r *report) line(key, value string) {
+	fmt.Fprintf(r.w, "%-13s %s\n", key+":", value)
+}
