@@ -156,8 +156,7 @@ func BuildEnvelope(tx Transaction) (*Message, error) {
 	dc.Ricevuta = receipt
 	xml := dc.Marshal()
 	text := envelopeText(tx, recips)
-	postacert := OriginalForEnvelope(s, tx.ID)
-	body := mixed(tx.ID+"/"+TipoPostaCertificata, textPart(text), xmlPart(xml), rfc822Part(postacert))
+	body := mixed(tx.ID+"/"+TipoPostaCertificata, textPart(text), xmlPart(xml), rfc822Part(originalSegments(s, tx.ID)))
 	return &Message{
 		Tipo:         TipoPostaCertificata,
 		MessageID:    tx.ID,
@@ -284,28 +283,29 @@ func (tx Transaction) datiCert(tipo string, recips []Recipient) DatiCert {
 // X-Riferimento-Message-ID carries the client's Message-ID right after it.
 // A message without Message-ID gets one at the end of its header.
 func OriginalForEnvelope(s *Submission, id string) []byte {
+	return bytes.Join(originalSegments(s, id), nil)
+}
+
+// originalSegments is OriginalForEnvelope as pieces that share the
+// submission's memory, so a large original is copied once, into the
+// envelope. Every piece but the last ends in LF.
+func originalSegments(s *Submission, id string) [][]byte {
 	raw := s.Raw
 	fields, blank := splitHeader(raw)
 	repl := "Message-ID: <" + id + ">\r\n"
 	if s.MessageID != "" {
 		repl += "X-Riferimento-Message-ID: " + s.MessageID + "\r\n"
 	}
-	out := make([]byte, 0, len(raw)+len(repl)+2)
 	switch mid := fieldsNamed(fields, "Message-ID"); {
 	case len(mid) > 0:
 		// Replace the field in place, folding lines included.
-		out = append(out, raw[:mid[0].Off]...)
-		out = append(out, repl...)
-		return append(out, raw[mid[0].Off+len(mid[0].Raw):]...)
+		return [][]byte{raw[:mid[0].Off], []byte(repl), raw[mid[0].Off+len(mid[0].Raw):]}
 	case blank >= 0:
 		// Add it as the last field, before the empty line.
-		out = append(out, raw[:blank]...)
-		out = append(out, repl...)
-		return append(out, raw[blank:]...)
+		return [][]byte{raw[:blank], []byte(repl), raw[blank:]}
 	default:
 		// All header and no body: add the field at the end.
-		out = append(out, withCRLF(raw)...)
-		return append(out, repl...)
+		return [][]byte{withCRLF(raw), []byte(repl)}
 	}
 }
 
@@ -401,25 +401,38 @@ func quotePhrase(s string) string {
 	return `"` + s + `"`
 }
 
+// part is one body part of the multipart/mixed as pieces: its header and
+// content, possibly in several slices. Every piece but the last ends in a
+// line end, so a boundary (which holds no CR or LF) cannot straddle two.
+type part [][]byte
+
 // mixed assembles the multipart/mixed entity that is signed. Its boundary
 // is derived from seed and the parts, so the output is reproducible, and
 // is checked not to occur in any part (RFC 2046 §5.1.1).
-func mixed(seed string, parts ...[]byte) []byte {
+func mixed(seed string, parts ...part) []byte {
 	boundary := pickBoundary(seed, parts...)
-	var b bytes.Buffer
 	size := 256
 	for _, p := range parts {
-		size += len(p) + len(boundary) + 8
+		size += len(boundary) + 8
+		for _, seg := range p {
+			size += len(seg)
+		}
 	}
-	b.Grow(size)
+	b := bytes.NewBuffer(make([]byte, 0, size))
 	b.WriteString("MIME-Version: 1.0\r\n")
 	b.WriteString("Content-Type: multipart/mixed;\r\n boundary=\"" + boundary + "\"\r\n")
 	b.WriteString("\r\n")
 	b.WriteString("This is a multi-part message in MIME format.\r\n")
 	for _, p := range parts {
 		b.WriteString("\r\n--" + boundary + "\r\n")
-		b.Write(p)
-		if !bytes.HasSuffix(p, []byte("\r\n")) {
+		var last []byte
+		for _, seg := range p {
+			b.Write(seg)
+			if len(seg) > 0 {
+				last = seg
+			}
+		}
+		if !bytes.HasSuffix(last, []byte("\r\n")) {
 			b.WriteString("\r\n")
 		}
 	}
@@ -427,26 +440,27 @@ func mixed(seed string, parts ...[]byte) []byte {
 	return b.Bytes()
 }
 
-func pickBoundary(seed string, parts ...[]byte) string {
+func pickBoundary(seed string, parts ...part) string {
 	for n := 0; ; n++ {
 		sum := sha256.Sum256([]byte(fmt.Sprintf("%s/%d", seed, n)))
-		boundary := "----=_pecgw_" + hex.EncodeToString(sum[:12])
+		boundary := []byte("----=_pecgw_" + hex.EncodeToString(sum[:12]))
 		clash := false
 		for _, p := range parts {
-			if bytes.Contains(p, []byte(boundary)) {
-				clash = true
-				break
+			for _, seg := range p {
+				if bytes.Contains(seg, boundary) {
+					clash = true
+				}
 			}
 		}
 		if !clash {
-			return boundary
+			return string(boundary)
 		}
 	}
 }
 
 // textPart is the user-readable part: Italian, ISO-8859-1,
 // quoted-printable (RFC 6109 §4.3.1; digest §2.1).
-func textPart(text string) []byte {
+func textPart(text string) part {
 	var b bytes.Buffer
 	b.WriteString("Content-Type: text/plain; charset=\"iso-8859-1\"\r\n")
 	b.WriteString("Content-Disposition: inline\r\n")
@@ -454,12 +468,12 @@ func textPart(text string) []byte {
 	w := quotedprintable.NewWriter(&b)
 	_, _ = w.Write(latin1(text)) // writes to a bytes.Buffer do not fail
 	_ = w.Close()
-	return b.Bytes()
+	return part{b.Bytes()}
 }
 
 // xmlPart carries daticert.xml: application/xml, base64, with both name
 // and filename, as every provider writes it (RFC 6109 §4.3.3; digest §2.1).
-func xmlPart(xml []byte) []byte {
+func xmlPart(xml []byte) part {
 	var b bytes.Buffer
 	b.WriteString("Content-Type: application/xml; name=\"daticert.xml\"\r\n")
 	b.WriteString("Content-Disposition: inline; filename=\"daticert.xml\"\r\n")
@@ -470,25 +484,25 @@ func xmlPart(xml []byte) []byte {
 		enc = enc[76:]
 	}
 	b.WriteString(enc + "\r\n")
-	return b.Bytes()
+	return part{b.Bytes()}
 }
 
 // rfc822Part carries the original as postacert.eml (RFC 6109 §4.3.2).
 // MIME forbids encoding a message/rfc822 body (RFC 2046 §5.2.1): it is
 // 7bit when the original is, else 8bit, and then the next hop must offer
 // 8BITMIME (digest §2.1 leaves this open; real providers label it 7bit).
-func rfc822Part(msg []byte) []byte {
+func rfc822Part(msg [][]byte) part {
 	cte := "7bit"
-	if has8bit(msg) {
-		cte = "8bit"
+	for _, seg := range msg {
+		if has8bit(seg) {
+			cte = "8bit"
+		}
 	}
 	var b bytes.Buffer
-	b.Grow(len(msg) + 160)
 	b.WriteString("Content-Type: message/rfc822; name=\"postacert.eml\"\r\n")
 	b.WriteString("Content-Disposition: inline; filename=\"postacert.eml\"\r\n")
 	b.WriteString("Content-Transfer-Encoding: " + cte + "\r\n\r\n")
-	b.Write(msg)
-	return b.Bytes()
+	return append(part{b.Bytes()}, msg...)
 }
 
 // has8bit reports whether b holds an octet above 0x7F, eight at a time.

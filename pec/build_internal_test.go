@@ -188,3 +188,43 @@ func TestDatiCertEscaping(t *testing.T) {
 		t.Errorf("round trip: %+v", back)
 	}
 }
+
+// FuzzBuildSubject: whatever the decoded subject and sender hold, every
+// builder's outer header has the same fields, one per line, and
+// daticert.xml stays well-formed.
+func FuzzBuildSubject(f *testing.F) {
+	f.Add("ciao\r\nBcc: x@y", "a@pec.example.it")
+	f.Add("=?utf-8?q?x?=", "\"a\\\"b\"@pec.example.it")
+	f.Add(strings.Repeat("è", 400), "a@pec.example.it")
+	f.Fuzz(func(t *testing.T, subject, sender string) {
+		s := &Submission{
+			Raw:        []byte("From: a@pec.example.it\r\nTo: b@pec.example.it\r\n\r\nx\r\n"),
+			Sender:     sender,
+			To:         []string{"b@pec.example.it"},
+			Recipients: []string{"b@pec.example.it"},
+			Subject:    subject,
+		}
+		tx := testTx(s)
+		for _, build := range []func(Transaction) (*Message, error){
+			BuildEnvelope, BuildAcceptance,
+			func(tx Transaction) (*Message, error) { return BuildVirusNotice(tx, subject+"x") },
+		} {
+			m, err := build(tx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h := headerOf(t, m)
+			for name, v := range h {
+				if len(v) != 1 {
+					t.Fatalf("field %s appears %d times:\n%q", name, len(v), m.Header)
+				}
+			}
+			if h.Get("Bcc") != "" {
+				t.Fatalf("injected Bcc:\n%q", m.Header)
+			}
+			if _, err := ParseDatiCert(m.DatiCert); err != nil {
+				t.Fatalf("daticert.xml does not parse: %v\n%s", err, m.DatiCert)
+			}
+		}
+	})
+}

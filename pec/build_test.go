@@ -2,7 +2,6 @@ package pec_test
 
 import (
 	"bytes"
-	"encoding/xml"
 	"flag"
 	"io"
 	"mime"
@@ -213,30 +212,6 @@ func daticertOf(t testing.TB, msg []byte) []byte {
 	return nil
 }
 
-type datiCertXML struct {
-	Tipo        string `xml:"tipo,attr"`
-	Errore      string `xml:"errore,attr"`
-	Mittente    string `xml:"intestazione>mittente"`
-	Destinatari []struct {
-		Tipo string `xml:"tipo,attr"`
-		Addr string `xml:",chardata"`
-	} `xml:"intestazione>destinatari"`
-	Risposte string `xml:"intestazione>risposte"`
-	Oggetto  string `xml:"intestazione>oggetto"`
-	Gestore  string `xml:"dati>gestore-emittente"`
-	Data     struct {
-		Zona   string `xml:"zona,attr"`
-		Giorno string `xml:"giorno"`
-		Ora    string `xml:"ora"`
-	} `xml:"dati>data"`
-	Identificativo string `xml:"dati>identificativo"`
-	MsgID          string `xml:"dati>msgid"`
-	Ricevuta       *struct {
-		Tipo string `xml:"tipo,attr"`
-	} `xml:"dati>ricevuta"`
-	ErroreEsteso string `xml:"dati>errore-esteso"`
-}
-
 // TestMessagesFollowTheSpec reads each built message back with independent
 // parsers (go-message, net/mail, encoding/xml, the signer's Verify) and
 // checks the headers, parts and certification data the PEC rules require,
@@ -385,8 +360,8 @@ func TestMessagesFollowTheSpec(t *testing.T) {
 				t.Errorf("non-acceptance text lacks the causes:\n%s", text)
 			}
 
-			var dc datiCertXML
-			if err := xml.Unmarshal(xmlData, &dc); err != nil {
+			dc, err := pec.ParseDatiCert(xmlData)
+			if err != nil {
 				t.Fatal(err)
 			}
 			if !bytes.HasPrefix(xmlData, []byte(`<?xml version="1.0" encoding="UTF-8"?>`)) {
@@ -401,18 +376,18 @@ func TestMessagesFollowTheSpec(t *testing.T) {
 			wantDest := []string{"certificato:anna.bianchi@pec.altro.it", "esterno:luca.verdi@example.com", "certificato:ufficio@pec.example.it"}
 			var gotDest []string
 			for _, d := range dc.Destinatari {
-				gotDest = append(gotDest, d.Tipo+":"+d.Addr)
+				gotDest = append(gotDest, d.Tipo()+":"+d.Address)
 			}
 			if strings.Join(gotDest, " ") != strings.Join(wantDest, " ") {
 				t.Errorf("destinatari %v, want %v", gotDest, wantDest)
 			}
-			if dc.Gestore != "Example PEC S.p.A." || dc.Data.Zona != "+0200" || dc.Data.Giorno != "29/03/2026" || dc.Data.Ora != "03:00:00" {
+			if dc.Gestore != "Example PEC S.p.A." || dc.ZoneText != "+0200" || dc.Day != "29/03/2026" || dc.Clock != "03:00:00" {
 				t.Errorf("dati %+v", dc)
 			}
 			if dc.Identificativo != goldenID || dc.MsgID != "<client-123@mua.example>" {
 				t.Errorf("identificativo %q msgid %q", dc.Identificativo, dc.MsgID)
 			}
-			if (dc.Ricevuta != nil) != (k.name == "envelope") || (dc.Ricevuta != nil && dc.Ricevuta.Tipo != "breve") {
+			if (dc.Ricevuta != "") != (k.name == "envelope") || (dc.Ricevuta != "" && dc.Ricevuta != "breve") {
 				t.Errorf("ricevuta %+v", dc.Ricevuta)
 			}
 			if (dc.ErroreEsteso != "") != (k.name == "non-acceptance" || k.name == "virus") {

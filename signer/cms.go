@@ -121,7 +121,12 @@ func encodeAttribute(oid asn1.ObjectIdentifier, value any) ([]byte, error) {
 // signedData returns the DER ContentInfo holding a detached SignedData over
 // content (RFC 5652 §5), signed at the instant at.
 func (s *Signer) signedData(content []byte, at time.Time, attrs attributeSource) ([]byte, error) {
-	digest := sha256.Sum256(content)
+	return s.signedDigest(sha256.Sum256(content), at, attrs)
+}
+
+// signedDigest is signedData for content whose SHA-256 is digest, so
+// that Sign hashes a large entity once.
+func (s *Signer) signedDigest(digest [sha256.Size]byte, at time.Time, attrs attributeSource) ([]byte, error) {
 	list, err := attrs(digest[:], at)
 	if err != nil {
 		return nil, err

@@ -12,20 +12,32 @@ import (
 // b itself is returned when there is nothing to change.
 func toCRLF(b []byte) []byte {
 	bare := 0
-	for i, c := range b {
-		if c == '\n' && (i == 0 || b[i-1] != '\r') {
+	for i := bytes.IndexByte(b, '\n'); i >= 0; {
+		if i == 0 || b[i-1] != '\r' {
 			bare++
 		}
+		j := bytes.IndexByte(b[i+1:], '\n')
+		if j < 0 {
+			break
+		}
+		i += 1 + j
 	}
 	if bare == 0 {
 		return b
 	}
 	out := make([]byte, 0, len(b)+bare)
-	for i, c := range b {
-		if c == '\n' && (i == 0 || b[i-1] != '\r') {
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			return append(out, b...)
+		}
+		out = append(out, b[:i]...)
+		// At i == 0 the octet before is the LF just copied (or nothing).
+		if i == 0 || b[i-1] != '\r' {
 			out = append(out, '\r')
 		}
-		out = append(out, c)
+		out = append(out, '\n')
+		b = b[i+1:]
 	}
 	return out
 }

@@ -262,11 +262,12 @@ func (s *Signer) Sign(content []byte, at time.Time) ([]byte, error) {
 			at.Format(time.RFC3339), s.cert.NotBefore.UTC().Format(time.RFC3339), s.cert.NotAfter.UTC().Format(time.RFC3339))
 	}
 	canon := toCRLF(content)
-	der, err := s.signedData(canon, at, standardAttributes)
+	digest := sha256.Sum256(canon)
+	der, err := s.signedDigest(digest, at, standardAttributes)
 	if err != nil {
 		return nil, err
 	}
-	b := chooseBoundary(sha256.Sum256(canon), func(b string) bool {
+	b := chooseBoundary(digest, func(b string) bool {
 		return bytes.Contains(canon, []byte(b))
 	})
 	return assemble(canon, der, b), nil
