@@ -53,8 +53,15 @@ func (tx Transaction) check() error {
 	if tx.ID == "" || strings.ContainsAny(tx.ID, "<> \t\r\n") {
 		errs = append(errs, fmt.Errorf("invalid pec identifier %q", tx.ID))
 	}
-	if tx.Submission == nil {
+	switch {
+	case tx.Submission == nil:
 		errs = append(errs, errors.New("no submission"))
+	case strings.TrimSpace(tx.Submission.Sender) == "":
+		// RFC 6109 §2.1: receipts and notices go to the reverse-path.
+		errs = append(errs, errors.New("empty reverse-path: no sender to certify or notify"))
+	case len(tx.Submission.Addressees()) == 0:
+		// RFC 6109 §4.4: daticert.xml lists at least one destinatari.
+		errs = append(errs, errors.New("no recipient"))
 	}
 	if tx.Directory == nil {
 		errs = append(errs, errors.New("no directory"))

@@ -100,7 +100,13 @@ func cmdVerify(args []string, stdout, _ io.Writer) error {
 		dcErr = errors.New("not read: the signature could not be checked")
 	}
 
+	anomaly := headerKind == "errore"
 	switch {
+	case anomaly:
+		// RFC 6109 §3.2.2: the anomaly envelope carries only the received
+		// message, no daticert.xml.
+		w.line("type", "busta di anomalia (anomaly envelope) [X-Trasporto: errore]")
+		dcErr = nil
 	case dcErr != nil:
 		w.line("type", "unknown: "+dcErr.Error())
 		ok = false
@@ -113,7 +119,7 @@ func cmdVerify(args []string, stdout, _ io.Writer) error {
 	default:
 		w.line("type", label(dc.Tipo))
 	}
-	if dcErr == nil {
+	if dcErr == nil && !anomaly {
 		if dc.Errore != pec.ErroreNessuno {
 			w.line("error", dc.Errore+optional(" - ", dc.ErroreEsteso))
 		}
@@ -166,7 +172,7 @@ func cmdVerify(args []string, stdout, _ io.Writer) error {
 		w.line("chain", "INVALID: not verified")
 		ok = false
 	}
-	if res != nil && dcErr == nil {
+	if res != nil {
 		for _, warn := range signer.CheckProfile(res.Signer, domainOf(res.Signer)) {
 			w.line("profile", "warning: "+warn)
 		}

@@ -185,3 +185,25 @@ func sampleOtherCA(t *testing.T) string {
 	}
 	return string(files["ca.pem"])
 }
+
+// TestVerifyAnomalyEnvelope: a busta di anomalia (RFC 6109 §3.2.2) is
+// signed but carries no daticert.xml; it is valid when its signature is.
+func TestVerifyAnomalyEnvelope(t *testing.T) {
+	inner := "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: message/rfc822\r\n\r\n" +
+		"From: x@example.com\r\nTo: y@pec.example.it\r\nSubject: hi\r\n\r\nhello\r\n\r\n--b--\r\n"
+	at := time.Date(2026, 11, 23, 9, 0, 0, 0, time.UTC)
+	entity, err := testpki.Signer(t, "rsa").Sign([]byte(inner), at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := "Date: Mon, 23 Nov 2026 10:00:00 +0100\r\nFrom: \"Per conto di: x@example.com\" <posta-certificata@pec.example.it>\r\n" +
+		"To: y@pec.example.it\r\nSubject: ANOMALIA MESSAGGIO: hi\r\nX-Trasporto: errore\r\nMIME-Version: 1.0\r\n" + string(entity)
+	p := filepath.Join(t.TempDir(), "anomalia.eml")
+	if err := os.WriteFile(p, []byte(msg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ := runCmd(t, "verify", p)
+	if code != 0 || !strings.Contains(out, "type:         busta di anomalia") || !strings.Contains(out, "signature:    signature valid") {
+		t.Errorf("exit %d\n%s", code, out)
+	}
+}
