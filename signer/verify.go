@@ -127,24 +127,52 @@ func Verify(msg []byte, roots *x509.CertPool) (*Result, error) {
 	res.Content = content
 
 	if roots != nil {
-		intermediates := x509.NewCertPool()
-		for _, c := range info.certs {
-			if c != info.signer {
-				intermediates.AddCert(c)
-			}
+		if err := verifyChain(info, roots); err != nil {
+			return nil, err
 		}
-		at := info.signingTime
-		if at.IsZero() {
-			at = time.Now()
+		res.ChainVerified = true
+	}
+	return res, nil
+}
+
+// verifyChain checks the signer's certificate up to roots at the signing
+// time (now when the CMS has none), with the other CMS certificates as
+// intermediates.
+func verifyChain(info cmsInfo, roots *x509.CertPool) error {
+	intermediates := x509.NewCertPool()
+	for _, c := range info.certs {
+		if c != info.signer {
+			intermediates.AddCert(c)
 		}
-		_, err := info.signer.Verify(x509.VerifyOptions{
-			Roots:         roots,
-			Intermediates: intermediates,
-			CurrentTime:   at,
-			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
-		})
-		if err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrUntrusted, err)
+	}
+	at := info.signingTime
+	if at.IsZero() {
+		at = time.Now()
+	}
+	_, err := info.signer.Verify(x509.VerifyOptions{
+		Roots:         roots,
+		Intermediates: intermediates,
+		CurrentTime:   at,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+	})
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUntrusted, err)
+	}
+	return nil
+}
+
+// VerifyDetached checks a detached CMS SignedData (DER, as SignDetached
+// makes it) over data, and with roots its chain. It is what a third party
+// does with openssl cms -verify -binary -content DATA -inform DER.
+func VerifyDetached(data, der []byte, roots *x509.CertPool) (*Result, error) {
+	info, err := verifyCMS(der, data)
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{Signer: info.signer, Certificates: info.certs, SigningTime: info.signingTime, Digest: info.digest, Content: data}
+	if roots != nil {
+		if err := verifyChain(info, roots); err != nil {
+			return nil, err
 		}
 		res.ChainVerified = true
 	}
