@@ -36,8 +36,8 @@ const (
 	// built and is being handed off (RFC 6109 §3.1.5). Written before the
 	// hand-off (write-ahead).
 	EventBustaTrasporto Event = "busta-trasporto"
-	// EventConsegnato: the hand-off of the envelope and receipt completed.
-	EventConsegnato Event = "handed-off"
+	// EventHandedOff: the hand-off of the envelope and receipt completed.
+	EventHandedOff Event = "handed-off"
 	// EventDuplicate: a retry of an already accepted submission was
 	// answered with the original identifier; nothing new was emitted.
 	EventDuplicate Event = "duplicate"
@@ -60,7 +60,7 @@ const (
 func (e Event) Known() bool {
 	switch e {
 	case EventAccettazione, EventNonAccettazione, EventNonAccettazioneVirus, EventBustaTrasporto,
-		EventConsegnato, EventDuplicate, EventAborted, EventCheckpoint, EventSeal, EventTornTail, EventPurge:
+		EventHandedOff, EventDuplicate, EventAborted, EventCheckpoint, EventSeal, EventTornTail, EventPurge:
 		return true
 	}
 	return false

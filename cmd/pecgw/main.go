@@ -1,6 +1,6 @@
 // Command pecgw is the access point (punto di accesso) of a PEC provider,
 // and the tools that go with it. This version has the subcommands that
-// need no daemon: version and verify.
+// need no daemon: version, verify and log.
 package main
 
 import (
@@ -17,6 +17,8 @@ const usage = `pecgw: a PEC (Posta Elettronica Certificata) access point
 
 usage:
   pecgw verify FILE.eml [--ca CA.pem]   check a signed PEC message and show what it certifies
+  pecgw log tail|query|verify|purge|reindex --dir DIR ...
+                                        read, check and maintain the transaction log (pecgw log help)
   pecgw version                         print the version
   pecgw help                            this text
 `
@@ -45,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "verify":
 		err = cmdVerify(args[1:], stdout, stderr)
+	case "log":
+		err = cmdLog(args[1:], stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "pecgw: unknown command %q\n\n%s", args[0], usage)
 		return 2

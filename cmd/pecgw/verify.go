@@ -45,16 +45,9 @@ func cmdVerify(args []string, stdout, _ io.Writer) error {
 		return fmt.Errorf("%w: want one message file: pecgw verify FILE.eml [--ca CA.pem]", errUsage)
 	}
 	file := pos[0]
-	var roots *x509.CertPool
-	if *caFile != "" {
-		pemData, err := os.ReadFile(*caFile)
-		if err != nil {
-			return fmt.Errorf("reading --ca: %w", err)
-		}
-		roots = x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(pemData) {
-			return fmt.Errorf("%s: no PEM certificate found", *caFile)
-		}
+	roots, err := loadRoots(*caFile)
+	if err != nil {
+		return err
 	}
 	f, err := os.Open(file)
 	if err != nil {
@@ -237,4 +230,20 @@ type report struct{ w io.Writer }
 
 func (r *report) line(key, value string) {
 	fmt.Fprintf(r.w, "%-13s %s\n", key+":", value)
+}
+
+// loadRoots reads the --ca file: nil when none is given.
+func loadRoots(file string) (*x509.CertPool, error) {
+	if file == "" {
+		return nil, nil
+	}
+	pemData, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("reading --ca: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pemData) {
+		return nil, fmt.Errorf("--ca %s: no PEM certificate found", file)
+	}
+	return roots, nil
 }
