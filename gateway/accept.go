@@ -1,0 +1,237 @@
+package gateway
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/pecgw/pecgw/delivery"
+	"github.com/pecgw/pecgw/logstore"
+	"github.com/pecgw/pecgw/pec"
+)
+
+// Signer signs a MIME entity at the transaction's instant (signer.Signer).
+type Signer interface {
+	Sign(content []byte, at time.Time) ([]byte, error)
+}
+
+// TransactionLog is the legal log (logstore.Log): Append returns when the
+// record is on disk.
+type TransactionLog interface {
+	Append(ctx context.Context, r *logstore.Record) (seq uint64, hash string, err error)
+}
+
+// Acceptor runs the acceptance transaction of the access point (RFC 6109
+// §3.1; ../shared/ARCHITECTURE.md): inspect, one time reference and PEC
+// identifier, build, sign, log (write-ahead), hand off. It holds no
+// connection state; the SMTP session calls Process once per DATA.
+type Acceptor struct {
+	Provider  pec.Provider
+	Directory pec.Directory
+	Limits    pec.Limits
+	Signer    Signer
+	Log       TransactionLog
+	// Outbound takes transport envelopes (to the recipients' providers);
+	// Mailboxes takes receipts and notices (to the sender's mailbox).
+	Outbound, Mailboxes delivery.Target
+	Now                 func() time.Time // the clock (time.Now)
+	Rand                io.Reader        // randomness of the PEC identifiers (crypto/rand.Reader)
+}
+
+// Submission is one message received by the SMTP session.
+type Submission struct {
+	Raw      []byte
+	Envelope pec.SMTPEnvelope
+	User     string // the authenticated user
+	ClientIP string
+	TLS      string // "TLS1.2", "TLS1.3"
+}
+
+// Outcome is what the transaction decided. An accepted submission has ID
+// (the PEC identifier); a refused one has the violations and the
+// identifier of the non-acceptance notice already delivered to the sender.
+type Outcome struct {
+	Accepted   bool
+	ID         string // the PEC identifier of the transaction
+	NoticeID   string // refused: the notice's Message-ID
+	Violations []pec.Violation
+	At         pec.Instant
+}
+
+// Process runs one acceptance transaction. A nil error comes with an
+// Outcome whose messages have been handed off durably and logged
+// (invariants 1, 2 and 4 of ARCHITECTURE.md): accepted → 250, refused →
+// 5xx. An error means a temporary internal failure: the client is told
+// 4xx and retries; what was logged says how far the transaction got.
+func (a *Acceptor) Process(ctx context.Context, s *Submission) (*Outcome, error) {
+	sub, violations := pec.Inspect(s.Raw, s.Envelope, a.Limits)
+	// DM 2 novembre 2005 art. 9: one time reference for the whole
+	// transaction, taken once, used in every artefact and log record.
+	at := pec.At(a.Now())
+	id, err := pec.NewID(at, a.Rand, a.Provider.Domain)
+	if err != nil {
+		return nil, fmt.Errorf("pec identifier: %w", err)
+	}
+	tx := pec.Transaction{Provider: a.Provider, At: at, ID: id, Submission: sub, Directory: a.Directory}
+	// dedup.Claim goes here (issue 5): a retry of a submission already
+	// accepted is answered with the original identifier.
+	if len(violations) > 0 {
+		return a.refuse(ctx, s, tx, violations)
+	}
+	return a.accept(ctx, s, tx)
+}
+
+func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction) (*Outcome, error) {
+	envelope, envData, err := a.buildSigned(tx, pec.BuildEnvelope)
+	if err != nil {
+		return nil, err
+	}
+	receipt, receiptData, err := a.buildSigned(tx, pec.BuildAcceptance)
+	if err != nil {
+		return nil, err
+	}
+	base := a.record(s, tx)
+	base.SHA256 = sum(envData)
+	base.Generated = &logstore.Generated{Envelope: envelope.MessageID, Receipt: receipt.MessageID}
+
+	// Invariant 2: nothing is handed off without a durable record that
+	// describes it. Both records are written before either hand-off.
+	busta := base
+	busta.Type = logstore.EventBustaTrasporto
+	if _, _, err := a.Log.Append(ctx, &busta); err != nil {
+		return nil, fmt.Errorf("log the transport envelope: %w", err)
+	}
+	acc := base
+	acc.Type = logstore.EventAccettazione
+	if _, _, err := a.Log.Append(ctx, &acc); err != nil {
+		return nil, fmt.Errorf("log the acceptance: %w", err)
+	}
+	// The envelope goes first: a receipt must never certify a message
+	// that was not sent; a sent message whose receipt is lost is proved
+	// by the log (RFC 6109 §2.3).
+	if err := a.Outbound.Deliver(ctx, deliveryMessage(envelope, envData)); err != nil {
+		return nil, a.abort(s, tx, "transport envelope not handed off", err)
+	}
+	if err := a.Mailboxes.Deliver(ctx, deliveryMessage(receipt, receiptData)); err != nil {
+		return nil, a.abort(s, tx, "transport envelope handed off, acceptance receipt not delivered", err)
+	}
+	done := base
+	done.Type = logstore.EventHandedOff
+	if _, _, err := a.Log.Append(ctx, &done); err != nil {
+		// Both messages are out and both are logged as emitted: the
+		// completion record is what reconciliation (issue 5) looks for.
+		return nil, fmt.Errorf("log the hand-off: %w", err)
+	}
+	return &Outcome{Accepted: true, ID: tx.ID, At: tx.At}, nil
+}
+
+// refuse emits the non-acceptance notice (RFC 6109 §3.1.2): built,
+// signed, logged, delivered to the sender's mailbox (never Reply-To).
+// Invariant 4: exactly one notice and one log record per refusal.
+func (a *Acceptor) refuse(ctx context.Context, s *Submission, tx pec.Transaction, violations []pec.Violation) (*Outcome, error) {
+	notice, data, err := a.buildSigned(tx, func(tx pec.Transaction) (*pec.Message, error) {
+		return pec.BuildNonAcceptance(tx, violations)
+	})
+	if err != nil {
+		return nil, err
+	}
+	rec := a.record(s, tx)
+	rec.Type = logstore.EventNonAccettazione
+	rec.SHA256 = sum(s.Raw)
+	rec.Generated = &logstore.Generated{Notice: notice.MessageID}
+	for _, v := range violations {
+		rec.Violations = append(rec.Violations, v.Code)
+	}
+	if _, _, err := a.Log.Append(ctx, &rec); err != nil {
+		return nil, fmt.Errorf("log the non-acceptance: %w", err)
+	}
+	if err := a.Mailboxes.Deliver(ctx, deliveryMessage(notice, data)); err != nil {
+		return nil, a.abort(s, tx, "non-acceptance notice not delivered", err)
+	}
+	return &Outcome{ID: tx.ID, NoticeID: notice.MessageID, Violations: violations, At: tx.At}, nil
+}
+
+// abort records that a logged transaction was not completed, and returns
+// the error for a temporary reply. The record is best effort: if the log
+// itself fails, the error says so too.
+func (a *Acceptor) abort(s *Submission, tx pec.Transaction, what string, cause error) error {
+	rec := a.record(s, tx)
+	rec.Type = logstore.EventAborted
+	rec.Detail = what + ": " + cause.Error()
+	// A cancelled session must not keep the abort record out of the log.
+	if _, _, err := a.Log.Append(context.Background(), &rec); err != nil {
+		return errors.Join(fmt.Errorf("%s: %w", what, cause), fmt.Errorf("log the abort: %w", err))
+	}
+	return fmt.Errorf("%s: %w", what, cause)
+}
+
+func (a *Acceptor) buildSigned(tx pec.Transaction, build func(pec.Transaction) (*pec.Message, error)) (*pec.Message, []byte, error) {
+	m, err := build(tx)
+	if err != nil {
+		return nil, nil, err
+	}
+	entity, err := a.Signer.Sign(m.Body, tx.At.Time())
+	if err != nil {
+		return nil, nil, fmt.Errorf("sign the %s: %w", m.Tipo, err)
+	}
+	return m, m.Bytes(entity), nil
+}
+
+// record fills the fields of RFC 6109 §2.3 and the submission's.
+func (a *Acceptor) record(s *Submission, tx pec.Transaction) logstore.Record {
+	sub := tx.Submission
+	var recips []logstore.Recipient
+	for _, r := range pec.Classify(a.Directory, sub.Addressees()) {
+		recips = append(recips, logstore.Recipient{Addr: r.Address, Tipo: r.Tipo()})
+	}
+	return logstore.Record{
+		Time:       tx.At.Time().Format(time.RFC3339),
+		PECID:      tx.ID,
+		MsgID:      sub.MessageID,
+		Sender:     sub.Sender,
+		Recipients: recips,
+		Subject:    sub.Subject,
+		Provider:   a.Provider.Name,
+		User:       s.User,
+		ClientIP:   s.ClientIP,
+		TLS:        s.TLS,
+		Size:       int64(len(s.Raw)),
+	}
+}
+
+func deliveryMessage(m *pec.Message, data []byte) *delivery.Message {
+	return &delivery.Message{
+		ReversePath:  m.ReversePath,
+		ForwardPaths: m.ForwardPaths,
+		Data:         data,
+		UTF8:         !isASCII(m.ReversePath) || !allASCII(m.ForwardPaths) || !isASCII(string(m.Header)),
+		EightBit:     !isASCII(string(data)),
+	}
+}
+
+func sum(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+func allASCII(list []string) bool {
+	for _, s := range list {
+		if !isASCII(s) {
+			return false
+		}
+	}
+	return true
+}
