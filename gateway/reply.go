@@ -75,7 +75,10 @@ func InternalReply(err error) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary failure, please retry later"}
 }
 
+// oneLine makes s one ASCII line for a reply; "§" in the rule citations
+// becomes "section".
 func oneLine(s string) string {
+	s = strings.ReplaceAll(s, "§", "section ")
 	return strings.Map(func(r rune) rune {
 		if r < 0x20 || r == 0x7f || r >= 0x80 {
 			return ' '

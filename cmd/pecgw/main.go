@@ -1,6 +1,6 @@
 // Command pecgw is the access point (punto di accesso) of a PEC provider,
-// and the tools that go with it. This version has the subcommands that
-// need no daemon: version, verify and log.
+// and the tools that go with it: serve runs the daemon; init, user and
+// check-config set it up; verify and log read what it produced.
 package main
 
 import (
@@ -16,6 +16,12 @@ import (
 const usage = `pecgw: a PEC (Posta Elettronica Certificata) access point
 
 usage:
+  pecgw serve [--config FILE] [--dev]   run the access point (--dev: create a development setup first)
+  pecgw init --domain DOMAIN --provider-name NAME [--dir DIR]
+                                        create a configuration, a development PKI and the folders
+  pecgw check-config [--config FILE]    check the configuration and report every problem
+  pecgw user add|passwd|del|list [ADDRESS] --config FILE [--password-stdin | --generate]
+                                        manage the users allowed to submit
   pecgw verify FILE.eml [--ca CA.pem]   check a signed PEC message and show what it certifies
   pecgw log tail|query|verify|purge|reindex --dir DIR ...
                                         read, check and maintain the transaction log (pecgw log help)
@@ -27,12 +33,12 @@ usage:
 var errUsage = errors.New("usage")
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
 // run executes one command and returns the exit status: 0 success, 1 a
 // failed check or operation, 2 a usage error.
-func run(args []string, stdout, stderr io.Writer) int {
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return 2
@@ -45,6 +51,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "help", "--help", "-h", "-help":
 		fmt.Fprint(stdout, usage)
 		return 0
+	case "serve":
+		err = cmdServe(args[1:], stdout, stderr)
+	case "init":
+		err = cmdInit(args[1:], stdout)
+	case "check-config":
+		err = cmdCheckConfig(args[1:], stdout)
+	case "user":
+		err = cmdUser(args[1:], stdin, stdout)
 	case "verify":
 		err = cmdVerify(args[1:], stdout, stderr)
 	case "log":

@@ -1,0 +1,340 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/pecgw/pecgw/config"
+	"github.com/pecgw/pecgw/delivery"
+	"github.com/pecgw/pecgw/gateway"
+	"github.com/pecgw/pecgw/logstore"
+	"github.com/pecgw/pecgw/pec"
+	"github.com/pecgw/pecgw/signer"
+)
+
+// Defaults of pecgw serve --dev on a fresh machine.
+const (
+	devDomain     = "pec.localhost"
+	devProvider   = "pecgw development provider"
+	devUser       = "demo@" + devDomain
+	shutdownGrace = 30 * time.Second
+)
+
+// cmdServe runs the access point until SIGTERM or SIGINT. With --dev and
+// no configuration it first creates one (pecgw init) with a demo user.
+func cmdServe(args []string, stdout, stderr io.Writer) error {
+	fs := quietFlagSet("serve")
+	cfgPath := fs.String("config", defaultConfig, "")
+	dev := fs.Bool("dev", false, "")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return fmt.Errorf("%w: unexpected argument %q: pecgw serve [--config FILE] [--dev]", errUsage, pos[0])
+	}
+	if *dev {
+		if err := devSetup(*cfgPath, stdout); err != nil {
+			return err
+		}
+	}
+	srv, err := newServer(*cfgPath, stderr)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	return srv.run(ctx, hup, stdout)
+}
+
+// devSetup creates the development setup when the configuration does not
+// exist: pecgw init with the defaults and a demo user whose password is
+// printed once.
+func devSetup(cfgPath string, stdout io.Writer) error {
+	if _, err := os.Stat(cfgPath); err == nil {
+		return nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	dir := filepath.Dir(cfgPath)
+	if filepath.Base(cfgPath) != "pecgw.toml" {
+		return fmt.Errorf("--dev creates <dir>/pecgw.toml; %s does not exist", cfgPath)
+	}
+	if err := cmdInit([]string{"--dir", dir, "--domain", devDomain, "--provider-name", devProvider}, stdout); err != nil {
+		return err
+	}
+	pw, err := generatePassword()
+	if err != nil {
+		return err
+	}
+	if err := gateway.AddUser(filepath.Join(dir, "users"), devUser, pw); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "\ndemo user: %s  password: %s  (shown once)\n\n", devUser, pw)
+	return nil
+}
+
+// server is the running access point: its parts and listeners.
+type server struct {
+	cfg     *config.Config
+	log     *zap.Logger
+	txlog   *logstore.Log
+	users   *gateway.Users
+	cert    atomic.Pointer[tls.Certificate]
+	servers []*smtp.Server
+	lns     []net.Listener
+}
+
+func newServer(cfgPath string, stderr io.Writer) (*server, error) {
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	if err := cfg.CheckFiles(); err != nil {
+		return nil, err
+	}
+	logger, err := newLogger(cfg, stderr)
+	if err != nil {
+		return nil, err
+	}
+	s := &server{cfg: cfg, log: logger}
+	if err := s.loadCert(); err != nil {
+		return nil, err
+	}
+	sig, err := signer.LoadFiles(cfg.Signing.Key, cfg.Signing.Cert)
+	if err != nil {
+		return nil, err
+	}
+	// RFC 6109 §5.5: receivers check the profile; say what differs.
+	for _, w := range signer.CheckProfile(sig.Certificate(), cfg.Provider.Domains[0]) {
+		logger.Warn("signing certificate profile", zap.String("event", "config.warning"), zap.String("problem", w))
+	}
+	dir, err := directory(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if s.users, err = gateway.LoadUsers(cfg.Users.File); err != nil {
+		return nil, err
+	}
+	outbound, mailboxes, err := targets(cfg)
+	if err != nil {
+		return nil, err
+	}
+	lo := cfg.LogOptions(sig)
+	lo.Warn = func(msg string) { logger.Warn(msg, zap.String("event", "log.warning")) }
+	if s.txlog, err = logstore.Open(lo); err != nil {
+		return nil, err
+	}
+	acceptor := &gateway.Acceptor{
+		Provider:  pec.Provider{Name: cfg.Provider.Name, Domain: cfg.Provider.Domains[0]},
+		Directory: dir,
+		Limits:    pec.Limits{MaxSizeTimesRecipients: cfg.Limits.MaxSizeTimesRecipients, MaxRecipients: cfg.Limits.MaxRecipients},
+		Signer:    sig,
+		Log:       s.txlog,
+		Outbound:  outbound,
+		Mailboxes: mailboxes,
+		Now:       time.Now,
+		Rand:      rand.Reader,
+	}
+	backend := &gateway.Backend{Acceptor: acceptor, Users: s.users, MaxMessageBytes: cfg.Limits.MaxMessageBytes, TransactionTimeout: cfg.Limits.DataTimeout}
+	tlsConf := &tls.Config{
+		MinVersion:     cfg.TLSMinVersion(),
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.cert.Load(), nil },
+	}
+	for _, l := range []struct {
+		addr     string
+		implicit bool
+	}{{cfg.Listen.Submission, false}, {cfg.Listen.SMTPS, true}} {
+		if l.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			s.closeAll()
+			return nil, fmt.Errorf("listen %s: %w", l.addr, err)
+		}
+		if l.implicit {
+			ln = tls.NewListener(ln, tlsConf)
+		}
+		srv := smtp.NewServer(backend)
+		srv.Domain = cfg.Listen.Hostname
+		srv.TLSConfig = tlsConf
+		srv.MaxMessageBytes = cfg.Limits.MaxMessageBytes
+		// RCPT beyond the PEC limit still reaches Inspect, so the user
+		// gets the non-acceptance notice (RFC 6109 §3.1.1); this is only
+		// the hard cap of the session.
+		srv.MaxRecipients = 2 * cfg.Limits.MaxRecipients
+		srv.ReadTimeout = cfg.Limits.CommandTimeout
+		srv.WriteTimeout = cfg.Limits.CommandTimeout
+		srv.EnableSMTPUTF8 = true
+		srv.ErrorLog = zapErrorLog{logger}
+		s.servers = append(s.servers, srv)
+		s.lns = append(s.lns, ln)
+	}
+	return s, nil
+}
+
+func (s *server) loadCert() error {
+	c, err := tls.LoadX509KeyPair(s.cfg.TLS.Cert, s.cfg.TLS.Key)
+	if err != nil {
+		return fmt.Errorf("tls.cert/tls.key: %w", err)
+	}
+	s.cert.Store(&c)
+	return nil
+}
+
+// run serves until ctx ends; SIGHUP reloads the users and the TLS
+// certificate. On stop, transactions in flight get shutdownGrace.
+func (s *server) run(ctx context.Context, hup <-chan os.Signal, stdout io.Writer) error {
+	var wg sync.WaitGroup
+	for i, srv := range s.servers {
+		ln := s.lns[i]
+		s.log.Info("listening", zap.String("event", "smtp.listen"), zap.String("addr", ln.Addr().String()))
+		fmt.Fprintf(stdout, "pecgw: listening on %s\n", ln.Addr())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, smtp.ErrServerClosed) {
+				s.log.Error("listener stopped", zap.String("event", "smtp.error"), zap.Error(err))
+			}
+		}()
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			s.log.Info("stopping", zap.String("event", "server.stop"))
+			sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+			for _, srv := range s.servers {
+				if err := srv.Shutdown(sctx); err != nil {
+					s.log.Warn("shutdown", zap.String("event", "server.stop"), zap.Error(err))
+					srv.Close()
+				}
+			}
+			cancel()
+			wg.Wait()
+			return s.txlog.Close()
+		case <-hup:
+			s.reload()
+		}
+	}
+}
+
+func (s *server) reload() {
+	if u, err := gateway.LoadUsers(s.cfg.Users.File); err != nil {
+		s.log.Error("users not reloaded", zap.String("event", "server.reload"), zap.Error(err))
+	} else {
+		s.users.Replace(u)
+	}
+	if err := s.loadCert(); err != nil {
+		s.log.Error("TLS certificate not reloaded", zap.String("event", "server.reload"), zap.Error(err))
+	}
+	s.log.Info("reloaded", zap.String("event", "server.reload"))
+}
+
+func (s *server) closeAll() {
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	if s.txlog != nil {
+		s.txlog.Close()
+	}
+}
+
+// directory builds the PEC directory: our domains, the listed ones and
+// the providers' index (RFC 6109 §5.3).
+func directory(cfg *config.Config) (pec.Directory, error) {
+	domains := append([]string(nil), cfg.Directory.Domains...)
+	if cfg.Directory.LDIF != "" {
+		data, err := os.ReadFile(cfg.Directory.LDIF)
+		if err != nil {
+			return nil, fmt.Errorf("directory.ldif: %w", err)
+		}
+		more, err := pec.ParseLDIF(data)
+		if err != nil {
+			return nil, fmt.Errorf("directory.ldif %s: %w", cfg.Directory.LDIF, err)
+		}
+		domains = append(domains, more...)
+	}
+	return pec.NewDomainDirectory(cfg.Provider.Domains, domains), nil
+}
+
+// targets builds the hand-off targets of [delivery].
+func targets(cfg *config.Config) (outbound, mailboxes delivery.Target, err error) {
+	if cfg.Delivery.Mode != "smtp" {
+		local := delivery.NewLocal(cfg.Delivery.Maildir)
+		return local.Outbound(), local.Mailboxes(), nil
+	}
+	e := cfg.Delivery.Envelopes
+	so := delivery.SMTPOptions{Address: e.Address, TLS: e.TLS, ServerName: e.ServerName, Username: e.Username, HelloName: cfg.Listen.Hostname}
+	if e.PasswordFile != "" {
+		pw, err := os.ReadFile(e.PasswordFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("delivery.envelopes.password_file: %w", err)
+		}
+		so.Password = strings.TrimRight(string(pw), "\r\n")
+	}
+	if err := so.Validate(); err != nil {
+		return nil, nil, fmt.Errorf("delivery.envelopes: %w", err)
+	}
+	r := cfg.Delivery.Receipts
+	if r.Protocol == "lmtp" {
+		lo := delivery.LMTPOptions{Address: r.Address, HelloName: cfg.Listen.Hostname}
+		if err := lo.Validate(); err != nil {
+			return nil, nil, fmt.Errorf("delivery.receipts: %w", err)
+		}
+		return delivery.NewSMTP(so), delivery.NewLMTP(lo), nil
+	}
+	ro := so
+	ro.Address = r.Address
+	if err := ro.Validate(); err != nil {
+		return nil, nil, fmt.Errorf("delivery.receipts: %w", err)
+	}
+	return delivery.NewSMTP(so), delivery.NewSMTP(ro), nil
+}
+
+// newLogger is the operational log (zap, stderr): console or JSON, no
+// sampling, so no transaction event is ever dropped.
+func newLogger(cfg *config.Config, stderr io.Writer) (*zap.Logger, error) {
+	level, err := zapcore.ParseLevel(cfg.Logging.Level)
+	if err != nil {
+		return nil, fmt.Errorf("logging.level: %w", err)
+	}
+	ec := zap.NewProductionEncoderConfig()
+	ec.EncodeTime = zapcore.ISO8601TimeEncoder
+	var enc zapcore.Encoder
+	if cfg.Logging.Format == "json" {
+		enc = zapcore.NewJSONEncoder(ec)
+	} else {
+		enc = zapcore.NewConsoleEncoder(ec)
+	}
+	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(stderr), level)), nil
+}
+
+// zapErrorLog routes go-smtp's own error log to zap.
+type zapErrorLog struct{ l *zap.Logger }
+
+func (z zapErrorLog) Printf(format string, v ...any) {
+	z.l.Warn(fmt.Sprintf(format, v...), zap.String("event", "smtp.error"))
+}
+func (z zapErrorLog) Println(v ...any) { z.l.Warn(fmt.Sprint(v...), zap.String("event", "smtp.error")) }
