@@ -15,22 +15,24 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/pecgw/pecgw/config"
 	"github.com/pecgw/pecgw/logstore"
 	"github.com/pecgw/pecgw/pec"
 	"github.com/pecgw/pecgw/signer"
 )
 
 const logUsage = `usage:
-  pecgw log tail [-n N] [-f] [--json] --dir DIR
+  pecgw log tail [-n N] [-f] [--json]
   pecgw log query [--id PECID] [--msgid MSGID] [--mailbox ADDR] [--since TIME] [--until TIME]
-                  [--format text|json|csv] --dir DIR
-  pecgw log verify [--ca CA.pem] --dir DIR
-  pecgw log purge --dir DIR --key KEY.pem --cert CERT.pem [--retention-months N] [--provider NAME]
-  pecgw log reindex --dir DIR
+                  [--format text|json|csv]
+  pecgw log verify [--ca CA.pem]
+  pecgw log purge [--key KEY.pem --cert CERT.pem] [--retention-months N] [--provider NAME]
+  pecgw log reindex
 TIME is RFC 3339 (2026-11-23T10:00:00+01:00) or a day, yyyy-mm-dd, in Italian time;
 --since includes its instant or day, --until a day includes that whole day.
-Every subcommand takes --config FILE (default ` + defaultConfig + `); until the
-daemon's configuration exists, give --dir.`
+Every subcommand finds the log through the daemon's configuration, --config FILE
+(default ` + defaultConfig + `), or takes the log folder with --dir DIR; purge takes the
+signing key, the provider and the retention from the configuration unless given.`
 
 // defaultConfig is the daemon's configuration file.
 const defaultConfig = "./pecgw-data/pecgw.toml"
@@ -67,6 +69,7 @@ type logFlags struct {
 	fs     *flag.FlagSet
 	dir    *string
 	config *string
+	cfg    *config.Config // loaded when the folder came from the configuration
 }
 
 func newLogFlags(name string) *logFlags {
@@ -90,12 +93,13 @@ func (lf *logFlags) parse(args []string) (string, error) {
 	if *lf.dir != "" {
 		return *lf.dir, nil
 	}
-	configSet := false
-	lf.fs.Visit(func(f *flag.Flag) { configSet = configSet || f.Name == "config" })
-	if configSet {
-		return "", fmt.Errorf("%w: --config %s: the configuration file is not supported yet; give --dir", errUsage, *lf.config)
+	// The same configuration file the daemon uses names the log folder.
+	cfg, err := config.Load(*lf.config)
+	if err != nil {
+		return "", fmt.Errorf("%w (or give the log folder with --dir)", err)
 	}
-	return "", fmt.Errorf("%w: --dir is required (the log folder)", errUsage)
+	lf.cfg = cfg
+	return cfg.Log.Dir, nil
 }
 
 func logTail(ctx context.Context, args []string, stdout io.Writer) error {
@@ -260,6 +264,19 @@ func logPurge(args []string, stdout io.Writer) error {
 	dir, err := lf.parse(args)
 	if err != nil {
 		return err
+	}
+	if c := lf.cfg; c != nil {
+		set := map[string]bool{}
+		lf.fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		if !set["key"] && !set["cert"] {
+			*key, *cert = c.Signing.Key, c.Signing.Cert
+		}
+		if !set["provider"] {
+			*provider = c.Provider.Name
+		}
+		if !set["retention-months"] {
+			*months = c.Log.RetentionMonths
+		}
 	}
 	if *key == "" || *cert == "" {
 		return fmt.Errorf("%w: --key and --cert are required (the purge record is signed)", errUsage)

@@ -322,8 +322,6 @@ func TestLogUsage(t *testing.T) {
 	}{
 		{[]string{"log"}, "want a subcommand"},
 		{[]string{"log", "cat"}, `unknown subcommand "cat"`},
-		{[]string{"log", "tail"}, "--dir is required"},
-		{[]string{"log", "query", "--config", "x.toml", "--id", "x"}, "--config x.toml: the configuration file is not supported yet; give --dir"},
 		{[]string{"log", "query", "--dir", dir}, "give at least one of"},
 		{[]string{"log", "query", "--dir", dir, "--id", "x", "--format", "xml"}, `--format "xml"`},
 		{[]string{"log", "query", "--dir", dir, "--since", "yesterday"}, "--since"},
@@ -333,7 +331,6 @@ func TestLogUsage(t *testing.T) {
 		{[]string{"log", "tail", "--dir", dir, "-n", "-1"}, "-n -1"},
 		{[]string{"log", "purge", "--dir", dir}, "--key and --cert are required"},
 		{[]string{"log", "purge", "--dir", dir, "--key", "k", "--cert", "c", "--retention-months", "12"}, "--retention-months 12"},
-		{[]string{"log", "verify", "--config", "a.toml"}, "--config a.toml"},
 	} {
 		code, _, errOut := runCmd(t, tc.args...)
 		if code != 2 || !strings.Contains(errOut, tc.want) {
@@ -365,5 +362,23 @@ func TestLogMissingFolder(t *testing.T) {
 		if code != 1 || !strings.Contains(errOut, missing) {
 			t.Errorf("%v: exit %d, %q", args, code, errOut)
 		}
+	}
+}
+
+// TestLogThroughConfig: without --dir the commands find the log through
+// the daemon's configuration, and purge takes its key from there too.
+func TestLogThroughConfig(t *testing.T) {
+	cfg := newInitialized(t)
+	code, out, errOut := runCmd(t, "log", "verify", "--config", cfg)
+	if code != 0 || !strings.Contains(out, "log verified") {
+		t.Errorf("verify --config: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = runCmd(t, "log", "purge", "--config", cfg)
+	if code != 0 || !strings.Contains(out, "nothing to remove: no sealed segment is older than 30 months") {
+		t.Errorf("purge --config: exit %d\n%s%s", code, out, errOut)
+	}
+	code, _, errOut = runCmd(t, "log", "tail", "--config", "missing.toml")
+	if code != 1 || !strings.Contains(errOut, "missing.toml") || !strings.Contains(errOut, "--dir") {
+		t.Errorf("missing config: exit %d, %q", code, errOut)
 	}
 }
