@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -23,6 +24,13 @@ type Authenticator interface {
 	Authenticate(address, password string) bool
 }
 
+// MaxLineLength is the longest line the server reads (go-smtp's
+// Server.MaxLineLength, 2000 by default). It is far above the 998 octets
+// of RFC 5322 §2.1.1 so that a message with a long line still reaches
+// Inspect and its sender gets the non-acceptance notice; only a line
+// beyond it is refused at the SMTP level, without a notice.
+const MaxLineLength = 64 << 10
+
 // Backend is the go-smtp backend of the submission service (RFC 6409):
 // one Session per connection.
 type Backend struct {
@@ -32,11 +40,38 @@ type Backend struct {
 	MaxMessageBytes int64
 	// TransactionTimeout bounds one acceptance transaction after DATA.
 	TransactionTimeout time.Duration
+
+	// Limits (limits.go); zero is no limit unless said otherwise.
+	MaxConnections      int // in total, over all listeners of the Backend
+	MaxConnectionsPerIP int
+	// CommandTimeout is the longest pause within DATA; DataTimeout bounds
+	// the whole DATA upload.
+	CommandTimeout, DataTimeout time.Duration
+	// After AuthFailuresBeforeDelay AUTH failures from an IP, each further
+	// failure is answered after AuthDelay (default 1 s), doubled each
+	// time up to 8 × AuthDelay. AuthLockoutFailures failures within
+	// AuthLockout lock the IP out of AUTH for AuthLockout.
+	AuthFailuresBeforeDelay int
+	AuthLockoutFailures     int
+	AuthLockout             time.Duration
+	AuthDelay               time.Duration
+	// MinAuthTime is the least time every AUTH answer takes (default
+	// 300 ms), whether the user exists or not.
+	MinAuthTime time.Duration
+
+	limOnce sync.Once
+	lim     *limiter
 }
 
-// NewSession starts the session of a new connection.
+// NewSession starts the session of a new connection: go-smtp calls it at
+// the first EHLO/HELO (again after STARTTLS, having called Logout).
 func (b *Backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	return &Session{b: b, conn: c}, nil
+	ip := remoteIP(c.Conn().RemoteAddr())
+	if !b.limits().acquireConn(ip, b.MaxConnections, b.MaxConnectionsPerIP) {
+		rejectConn(c, b.CommandTimeout)
+		return nil, errTooManyConns
+	}
+	return &Session{b: b, conn: c, ip: ip}, nil
 }
 
 // Session is one SMTP connection. Every reply it gives is an
@@ -44,7 +79,10 @@ func (b *Backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 type Session struct {
 	b    *Backend
 	conn *smtp.Conn
+	ip   string // client IP, the key of the connection and AUTH limits
 	user string // authenticated mailbox, "" before AUTH
+
+	released bool // the connection slot was given back (Logout)
 
 	from string
 	utf8 bool
@@ -56,7 +94,9 @@ var (
 	errAuthRequired = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "authentication required"}
 	errAuthFailed   = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "authentication credentials invalid"}
 	errNeedTLS      = &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11}, Message: "encryption required for requested authentication mechanism"}
-	errTooBig       = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "message size exceeds the limit"}
+	errLineTooLong  = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
+		Message: fmt.Sprintf("a line of the message is longer than %d octets: RFC 5322 section 2.1.1 allows 998", MaxLineLength)}
+	errTooBig = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "message size exceeds the limit"}
 )
 
 func (s *Session) tlsState() (tls.ConnectionState, bool) {
@@ -83,7 +123,7 @@ func (s *Session) Auth(mech string) (sasl.Server, error) {
 		return nil, &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "already authenticated"}
 	}
 	check := func(username, password string) error {
-		if !s.b.Users.Authenticate(username, password) {
+		if !s.authenticate(username, password, true) {
 			return errAuthFailed
 		}
 		s.user = strings.ToLower(username)
@@ -95,6 +135,7 @@ func (s *Session) Auth(mech string) (sasl.Server, error) {
 			// RFC 4616 §2: an authorization identity other than the
 			// authentication identity would be acting for someone else.
 			if identity != "" && !strings.EqualFold(identity, username) {
+				s.authenticate(username, password, false)
 				return errAuthFailed
 			}
 			return check(username, password)
@@ -103,6 +144,38 @@ func (s *Session) Auth(mech string) (sasl.Server, error) {
 		return &loginServer{check: check}, nil
 	}
 	return nil, &smtp.SMTPError{Code: 504, EnhancedCode: smtp.EnhancedCode{5, 5, 4}, Message: "unrecognized authentication mechanism"}
+}
+
+// authenticate checks a password under the AUTH limits of the client IP
+// (limits.go); allowed false counts a failure whatever the password.
+// Every answer takes at least MinAuthTime from the start of the check, so
+// its timing does not tell which addresses exist (Users does the same
+// work for unknown users, this hides what is left: lookups, scheduling).
+func (s *Session) authenticate(username, password string, allowed bool) bool {
+	start := time.Now()
+	p := s.b.authPolicy()
+	lim := s.b.limits()
+	locked, failDelay := lim.authState(s.ip, p)
+	// During a lockout the password is not checked and the answer is the
+	// same 535 5.7.8, after the same time, as a wrong password: guesses
+	// made during the lockout learn nothing, and the guesser cannot even
+	// tell the lockout began. Not 454 4.7.0 (RFC 4954 §6, temporary
+	// failure): that would announce the lockout and make clients retry
+	// it automatically, and a refused login is permanent for the user.
+	ok := !locked && allowed && s.b.Users.Authenticate(username, password)
+	if ok {
+		lim.authSucceeded(s.ip)
+	} else if !locked {
+		lim.authFailed(s.ip, p)
+	}
+	wait := p.minAuthTime - time.Since(start)
+	if !ok {
+		wait = max(wait, failDelay)
+	}
+	if wait > 0 {
+		time.Sleep(wait)
+	}
+	return ok
 }
 
 // loginServer is the server side of SASL LOGIN: two challenges,
@@ -173,11 +246,21 @@ func (s *Session) Data(r io.Reader) error {
 		return errAuthRequired
 	}
 	var buf bytes.Buffer
+	r = newPacedReader(r, s.conn.Conn(), s.b.CommandTimeout, s.b.DataTimeout, time.Now)
 	if _, err := io.Copy(&buf, r); err != nil {
 		if errors.Is(err, smtp.ErrDataTooLarge) {
 			return errTooBig
 		}
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "connection problem while reading the message, please retry"}
+		if errors.Is(err, smtp.ErrTooLongLine) {
+			// The message never arrived whole, so no notice can be
+			// built; the refusal is permanent so the client does not
+			// resend it (lines up to MaxLineLength reach Inspect and get
+			// the line-too-long notice).
+			return errLineTooLong
+		}
+		// A stalled or endless upload, or a broken connection: nothing
+		// was certified.
+		return errDataStalled
 	}
 	ctx := context.Background()
 	if s.b.TransactionTimeout > 0 {
@@ -209,8 +292,16 @@ func (s *Session) Data(r io.Reader) error {
 // Reset discards the transaction in progress.
 func (s *Session) Reset() { s.from, s.utf8, s.rcpt = "", false, nil }
 
-// Logout ends the session.
-func (s *Session) Logout() error { return nil }
+// Logout ends the session and gives back its connection slot. go-smtp
+// calls it once per session: when the connection closes, and at STARTTLS
+// (the next EHLO starts a new session, which takes a slot again).
+func (s *Session) Logout() error {
+	if !s.released {
+		s.released = true
+		s.b.limits().releaseConn(s.ip)
+	}
+	return nil
+}
 
 func remoteIP(a net.Addr) string {
 	if host, _, err := net.SplitHostPort(a.String()); err == nil {

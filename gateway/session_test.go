@@ -42,13 +42,15 @@ func newTestServer(t *testing.T) *testServer {
 	serverTLS := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	roots := x509.NewCertPool()
 	roots.AddCert(pki.CACert)
-	be := &Backend{Acceptor: f.a, Users: mapUsers{"mario@pec.example.it": "s3cret"}, MaxMessageBytes: 1 << 20, TransactionTimeout: 30 * time.Second}
+	be := &Backend{Acceptor: f.a, Users: mapUsers{"mario@pec.example.it": "s3cret"}, MaxMessageBytes: 1 << 20, TransactionTimeout: 30 * time.Second,
+		MinAuthTime: time.Millisecond, AuthDelay: time.Millisecond}
 	ts := &testServer{fixture: f, client: &tls.Config{RootCAs: roots, ServerName: "localhost"}}
 	for _, implicit := range []bool{false, true} {
 		s := smtp.NewServer(be)
 		s.Domain = "localhost"
 		s.TLSConfig = serverTLS
 		s.MaxMessageBytes = be.MaxMessageBytes
+		s.MaxLineLength = MaxLineLength
 		s.ReadTimeout, s.WriteTimeout = 10*time.Second, 10*time.Second
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {

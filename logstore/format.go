@@ -129,6 +129,8 @@ const MaxLine = 1 << 20
 // The JSON holds no raw newline (encoding/json escapes control characters
 // in strings), so one line is one record.
 func Encode(r *Record) ([]byte, error) {
+	c := Canonical(r)
+	r = &c
 	if !r.Type.Known() {
 		return nil, fmt.Errorf("log record: unknown event type %q", r.Type)
 	}
@@ -142,6 +144,43 @@ func Encode(r *Record) ([]byte, error) {
 		return nil, fmt.Errorf("log record: %d octets, more than %d", b.Len(), MaxLine)
 	}
 	return b.Bytes(), nil
+}
+
+// Canonical returns a copy of r whose strings are valid UTF-8, invalid
+// octets replaced by U+FFFD. encoding/json would write such an octet as
+// the escape \ufffd, which decodes to U+FFFD and re-encodes as the raw
+// character: a line Decode refuses as not canonical. Subjects, addresses
+// and identifiers come from untrusted clients, so every string goes
+// through here before it is encoded.
+func Canonical(r *Record) Record {
+	c := *r
+	v := func(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
+	vs := func(l []string) []string {
+		if l == nil {
+			return nil
+		}
+		out := make([]string, len(l))
+		for i, s := range l {
+			out[i] = v(s)
+		}
+		return out
+	}
+	c.Prev, c.Time, c.Type = v(c.Prev), v(c.Time), Event(v(string(c.Type)))
+	c.PECID, c.MsgID, c.Sender, c.Subject, c.Provider = v(c.PECID), v(c.MsgID), v(c.Sender), v(c.Subject), v(c.Provider)
+	c.User, c.ClientIP, c.TLS, c.SHA256, c.Detail = v(c.User), v(c.ClientIP), v(c.TLS), v(c.SHA256), v(c.Detail)
+	c.Head, c.Signed, c.Sig = v(c.Head), v(c.Signed), v(c.Sig)
+	c.Violations, c.Files = vs(c.Violations), vs(c.Files)
+	if c.Recipients != nil {
+		c.Recipients = make([]Recipient, len(r.Recipients))
+		for i, x := range r.Recipients {
+			c.Recipients[i] = Recipient{Addr: v(x.Addr), Tipo: v(x.Tipo)}
+		}
+	}
+	if c.Generated != nil {
+		g := Generated{Envelope: v(r.Generated.Envelope), Receipt: v(r.Generated.Receipt), Notice: v(r.Generated.Notice)}
+		c.Generated = &g
+	}
+	return c
 }
 
 // Decode parses one line (with or without its final LF). It is strict:

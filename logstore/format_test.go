@@ -127,3 +127,27 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestInvalidUTF8StaysCanonical: a client can put any octet in a subject
+// or an address; the line written for it must decode (the fuzzer of the
+// SMTP session found a record with \xec in it that Decode refused).
+func TestInvalidUTF8StaysCanonical(t *testing.T) {
+	r := sampleRecord()
+	r.Subject = "caf\xe9 \xec\x00"
+	r.Recipients = []Recipient{{Addr: "\xffx@y", Tipo: "esterno"}}
+	r.Violations = []string{"\xc3"}
+	line, err := Encode(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := Decode(line)
+	if err != nil {
+		t.Fatalf("Decode refuses what Encode wrote: %v\n%s", err, line)
+	}
+	if back.Subject != "caf\uFFFD \uFFFD\x00" || back.Recipients[0].Addr != "\uFFFDx@y" {
+		t.Errorf("decoded %q %q", back.Subject, back.Recipients[0].Addr)
+	}
+	if r.Subject != "caf\xe9 \xec\x00" {
+		t.Error("Encode changed the caller's record")
+	}
+}

@@ -333,7 +333,7 @@ const maxChainPrefix = len(`{"seq":18446744073709551615,"prev":"`) + 64 + 1
 // JSON encoding is so done by each Append in parallel; the writer only
 // prepends seq and prev and hashes.
 func encodeTail(req *request, r *Record) ([]byte, error) {
-	c := *r
+	c := Canonical(r)
 	c.Seq, c.Prev = 0, ""
 	if err := req.enc.Encode(&c); err != nil {
 		return nil, fmt.Errorf("log record: %w", err)

@@ -157,7 +157,20 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 		Now:       time.Now,
 		Rand:      rand.Reader,
 	}
-	backend := &gateway.Backend{Acceptor: acceptor, Users: s.users, MaxMessageBytes: cfg.Limits.MaxMessageBytes, TransactionTimeout: cfg.Limits.DataTimeout}
+	lim := cfg.Limits
+	backend := &gateway.Backend{
+		Acceptor:                acceptor,
+		Users:                   s.users,
+		MaxMessageBytes:         lim.MaxMessageBytes,
+		TransactionTimeout:      lim.DataTimeout,
+		MaxConnections:          lim.MaxConnections,
+		MaxConnectionsPerIP:     lim.MaxConnectionsPerIP,
+		CommandTimeout:          lim.CommandTimeout,
+		DataTimeout:             lim.DataTimeout,
+		AuthFailuresBeforeDelay: lim.AuthFailuresBeforeDelay,
+		AuthLockoutFailures:     lim.AuthLockoutFailures,
+		AuthLockout:             lim.AuthLockout,
+	}
 	tlsConf := &tls.Config{
 		MinVersion:     cfg.TLSMinVersion(),
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.cert.Load(), nil },
@@ -181,6 +194,7 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 		srv.Domain = cfg.Listen.Hostname
 		srv.TLSConfig = tlsConf
 		srv.MaxMessageBytes = cfg.Limits.MaxMessageBytes
+		srv.MaxLineLength = gateway.MaxLineLength
 		// RCPT beyond the PEC limit still reaches Inspect, so the user
 		// gets the non-acceptance notice (RFC 6109 §3.1.1); this is only
 		// the hard cap of the session.
