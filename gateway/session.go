@@ -14,6 +14,7 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"go.uber.org/zap"
 
 	"github.com/pecgw/pecgw/pec"
 )
@@ -61,6 +62,10 @@ type Backend struct {
 
 	limOnce sync.Once
 	lim     *limiter
+	// Log is the operational log (zap): one entry per event of the fixed
+	// vocabulary in events.go, never a password or an AUTH payload. nil
+	// logs nothing.
+	Log *zap.Logger
 }
 
 // NewSession starts the session of a new connection: go-smtp calls it at
@@ -68,6 +73,7 @@ type Backend struct {
 func (b *Backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	ip := remoteIP(c.Conn().RemoteAddr())
 	if !b.limits().acquireConn(ip, b.MaxConnections, b.MaxConnectionsPerIP) {
+		b.logger().Warn("connection refused: too many connections", evLimit, zap.String("ip", ip))
 		rejectConn(c, b.CommandTimeout)
 		return nil, errTooManyConns
 	}
@@ -175,6 +181,20 @@ func (s *Session) authenticate(username, password string, allowed bool) bool {
 	if wait > 0 {
 		time.Sleep(wait)
 	}
+	result := "ok"
+	switch {
+	case locked:
+		result = "locked-out"
+	case !ok:
+		result = "failed"
+	}
+	// The name is logged only when it is an address: a user who types
+	// the password in the name field must not find it in the log.
+	user := "(not an address)"
+	if CheckAddress(username) == nil {
+		user = strings.ToLower(username)
+	}
+	s.b.logger().Info("authentication", evAuth, zap.String("ip", s.ip), zap.String("user", user), zap.String("result", result))
 	return ok
 }
 
@@ -279,12 +299,21 @@ func (s *Session) Data(r io.Reader) error {
 	}
 	o, err := s.b.Acceptor.Process(ctx, sub)
 	s.from, s.rcpt = "", nil
+	log := s.b.logger().With(zap.String("user", s.user), zap.String("ip", sub.ClientIP), zap.Int("size", len(sub.Raw)), zap.Int("rcpt", len(sub.Envelope.To)))
 	switch {
 	case err != nil:
+		// The detail goes to the operator, never to the client.
+		log.Error("transaction failed", evError, zap.Error(err))
 		return InternalReply(err)
 	case o.Accepted:
+		log.Info("accepted", evAccepted, zap.String("pec_id", o.ID))
 		return AcceptedReply(o)
 	default:
+		codes := make([]string, len(o.Violations))
+		for i, v := range o.Violations {
+			codes[i] = v.Code
+		}
+		log.Info("refused", evRefused, zap.String("pec_id", o.ID), zap.String("notice", o.NoticeID), zap.Strings("violations", codes))
 		return RefusedReply(o)
 	}
 }

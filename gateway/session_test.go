@@ -25,6 +25,7 @@ func (m mapUsers) Authenticate(address, password string) bool {
 
 type testServer struct {
 	*fixture
+	be              *Backend
 	starttls, smtps string // addresses of the two listeners
 	client          *tls.Config
 }
@@ -32,6 +33,13 @@ type testServer struct {
 // newTestServer starts the submission service on real loopback TCP with
 // real TLS: a STARTTLS listener and an implicit-TLS one.
 func newTestServer(t *testing.T) *testServer {
+	t.Helper()
+	return newTestServerWith(t, nil)
+}
+
+// newTestServerWith is newTestServer with a chance to change the Backend
+// before any connection.
+func newTestServerWith(t *testing.T, setup func(*Backend)) *testServer {
 	t.Helper()
 	f := newFixture(t)
 	pki, err := signer.GenerateDevPKI(signer.DevPKIOptions{Domain: "pec.example.it", ProviderName: "Example", KeyType: "p256"})
@@ -44,7 +52,10 @@ func newTestServer(t *testing.T) *testServer {
 	roots.AddCert(pki.CACert)
 	be := &Backend{Acceptor: f.a, Users: mapUsers{"mario@pec.example.it": "s3cret"}, MaxMessageBytes: 1 << 20, TransactionTimeout: 30 * time.Second,
 		MinAuthTime: time.Millisecond, AuthDelay: time.Millisecond}
-	ts := &testServer{fixture: f, client: &tls.Config{RootCAs: roots, ServerName: "localhost"}}
+	if setup != nil {
+		setup(be)
+	}
+	ts := &testServer{fixture: f, be: be, client: &tls.Config{RootCAs: roots, ServerName: "localhost"}}
 	for _, implicit := range []bool{false, true} {
 		s := smtp.NewServer(be)
 		s.Domain = "localhost"

@@ -159,6 +159,7 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 	}
 	lim := cfg.Limits
 	backend := &gateway.Backend{
+		Log:                     logger,
 		Acceptor:                acceptor,
 		Users:                   s.users,
 		MaxMessageBytes:         lim.MaxMessageBytes,

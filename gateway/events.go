@@ -1,0 +1,24 @@
+package gateway
+
+import "go.uber.org/zap"
+
+// The operational log's fixed event vocabulary (the legal record is the
+// transaction log, logstore): every entry carries event=<one of these>,
+// so operators can filter and alert on them. No sampling applies to them
+// (cmd/pecgw builds the logger without a sampler).
+var (
+	evAuth     = zap.String("event", "smtp.auth")    // an AUTH attempt: ip, user, result ok|failed|locked-out
+	evLimit    = zap.String("event", "smtp.limit")   // a connection refused by the connection limits
+	evAccepted = zap.String("event", "pec.accepted") // a submission certified: pec_id
+	evRefused  = zap.String("event", "pec.refused")  // a submission refused by the formal checks: violations, notice
+	evError    = zap.String("event", "pec.error")    // an internal failure answered 4xx: error
+)
+
+// logger returns the Backend's operational logger, or one that drops
+// everything.
+func (b *Backend) logger() *zap.Logger {
+	if b.Log == nil {
+		return zap.NewNop()
+	}
+	return b.Log
+}
