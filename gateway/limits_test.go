@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -14,8 +13,6 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
-
-	"github.com/pecgw/pecgw/signer"
 )
 
 // newLimitedServer is newTestServer with the Backend's limits set by
@@ -23,40 +20,7 @@ import (
 // listeners share the Backend, as in pecgw serve.
 func newLimitedServer(t *testing.T, readTimeout time.Duration, configure func(*Backend)) *testServer {
 	t.Helper()
-	f := newFixture(t)
-	pki, err := signer.GenerateDevPKI(signer.DevPKIOptions{Domain: "pec.example.it", ProviderName: "Example", KeyType: "p256"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert := tls.Certificate{Certificate: [][]byte{pki.TLSCert.Raw}, PrivateKey: pki.TLSKey, Leaf: pki.TLSCert}
-	serverTLS := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	roots := x509.NewCertPool()
-	roots.AddCert(pki.CACert)
-	be := &Backend{Acceptor: f.a, Users: mapUsers{"mario@pec.example.it": "s3cret"}, MaxMessageBytes: 1 << 20,
-		TransactionTimeout: 30 * time.Second, MinAuthTime: time.Millisecond}
-	configure(be)
-	ts := &testServer{fixture: f, client: &tls.Config{RootCAs: roots, ServerName: "localhost"}}
-	for _, implicit := range []bool{false, true} {
-		s := smtp.NewServer(be)
-		s.Domain = "localhost"
-		s.TLSConfig = serverTLS
-		s.MaxMessageBytes = be.MaxMessageBytes
-		s.MaxLineLength = MaxLineLength
-		s.ReadTimeout, s.WriteTimeout = readTimeout, 10*time.Second
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if implicit {
-			ln = tls.NewListener(ln, serverTLS)
-			ts.smtps = ln.Addr().String()
-		} else {
-			ts.starttls = ln.Addr().String()
-		}
-		go s.Serve(ln)
-		t.Cleanup(func() { s.Close() })
-	}
-	return ts
+	return startTestServer(t, readTimeout, configure)
 }
 
 // greetFrom opens an implicit-TLS connection from the loopback address

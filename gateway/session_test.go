@@ -41,6 +41,19 @@ func newTestServer(t *testing.T) *testServer {
 // before any connection.
 func newTestServerWith(t *testing.T, setup func(*Backend)) *testServer {
 	t.Helper()
+	return startTestServer(t, 10*time.Second, func(be *Backend) {
+		be.AuthDelay = time.Millisecond
+		if setup != nil {
+			setup(be)
+		}
+	})
+}
+
+// startTestServer starts both listeners on one Backend, as pecgw serve
+// does, with go-smtp's per-command timeout set to readTimeout; configure
+// sets the Backend's fields before any connection.
+func startTestServer(t *testing.T, readTimeout time.Duration, configure func(*Backend)) *testServer {
+	t.Helper()
 	f := newFixture(t)
 	pki, err := signer.GenerateDevPKI(signer.DevPKIOptions{Domain: "pec.example.it", ProviderName: "Example", KeyType: "p256"})
 	if err != nil {
@@ -50,11 +63,9 @@ func newTestServerWith(t *testing.T, setup func(*Backend)) *testServer {
 	serverTLS := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	roots := x509.NewCertPool()
 	roots.AddCert(pki.CACert)
-	be := &Backend{Acceptor: f.a, Users: mapUsers{"mario@pec.example.it": "s3cret"}, MaxMessageBytes: 1 << 20, TransactionTimeout: 30 * time.Second,
-		MinAuthTime: time.Millisecond, AuthDelay: time.Millisecond}
-	if setup != nil {
-		setup(be)
-	}
+	be := &Backend{Acceptor: f.a, Users: mapUsers{"mario@pec.example.it": "s3cret"}, MaxMessageBytes: 1 << 20,
+		TransactionTimeout: 30 * time.Second, MinAuthTime: time.Millisecond}
+	configure(be)
 	ts := &testServer{fixture: f, be: be, client: &tls.Config{RootCAs: roots, ServerName: "localhost"}}
 	for _, implicit := range []bool{false, true} {
 		s := smtp.NewServer(be)
@@ -62,7 +73,7 @@ func newTestServerWith(t *testing.T, setup func(*Backend)) *testServer {
 		s.TLSConfig = serverTLS
 		s.MaxMessageBytes = be.MaxMessageBytes
 		s.MaxLineLength = MaxLineLength
-		s.ReadTimeout, s.WriteTimeout = 10*time.Second, 10*time.Second
+		s.ReadTimeout, s.WriteTimeout = readTimeout, 10*time.Second
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
