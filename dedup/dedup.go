@@ -1,0 +1,166 @@
+// Package dedup remembers which PEC submissions have been accepted, so that a
+// client retrying the same submission gets the original PEC identifier
+// instead of a second transport envelope (invariant 3 of ARCHITECTURE.md).
+//
+// The store is behind one interface, Store, with two implementations: Redis
+// (shared by several gateway instances) and Embedded (one machine, a
+// journal file). The store decides nothing: the gateway reads the State of a
+// Claim and chooses the reply.
+package dedup
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Key identifies a submission: the authenticated sender, the client's
+// Message-ID, the recipients and a SHA-256 of the message body.
+type Key struct {
+	Sender     string
+	MessageID  string
+	Recipients []string // any order and case: Fingerprint normalises them
+	BodyHash   [32]byte
+}
+
+// ID is the store key: a SHA-256 of the lower-cased sender and Message-ID.
+// Two submissions with the same ID are the same message, or a client
+// reusing a Message-ID.
+func (k Key) ID() string {
+	h := sha256.New()
+	h.Write([]byte(strings.ToLower(k.Sender)))
+	h.Write([]byte{0})
+	h.Write([]byte(strings.ToLower(k.MessageID)))
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Fingerprint is a SHA-256 of the sorted, lower-cased recipients and the
+// body hash: it tells a true duplicate (same ID, same fingerprint) from a
+// reuse of the Message-ID for another message.
+func (k Key) Fingerprint() string {
+	rs := make([]string, len(k.Recipients))
+	for i, r := range k.Recipients {
+		rs[i] = strings.ToLower(r)
+	}
+	slices.Sort(rs)
+	h := sha256.New()
+	for _, r := range rs {
+		h.Write([]byte(r))
+		h.Write([]byte{0})
+	}
+	h.Write([]byte{0})
+	h.Write(k.BodyHash[:])
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// State is the answer of Claim.
+type State int
+
+const (
+	// New: nothing is known of the key; the caller holds the lease and
+	// runs the transaction.
+	New State = iota
+	// Duplicate: the same submission was committed; Claim.PECID is the
+	// original PEC identifier, to be given again.
+	Duplicate
+	// InFlight: another transaction holds a live lease on the ID; the
+	// caller should answer with a temporary failure so the client retries.
+	InFlight
+	// Reused: the Message-ID was committed before with another fingerprint
+	// (other recipients or body). The caller holds the lease, proceeds as
+	// for New and logs the reuse.
+	Reused
+)
+
+func (s State) String() string {
+	switch s {
+	case New:
+		return "new"
+	case Duplicate:
+		return "duplicate"
+	case InFlight:
+		return "in-flight"
+	case Reused:
+		return "reused"
+	}
+	return "unknown"
+}
+
+// Claim is the result of Store.Claim.
+type Claim struct {
+	State State
+	PECID string // Duplicate: the PEC identifier committed before
+	Token string // New, Reused: the lease owner's token, for Commit or Release
+}
+
+// ErrNotOwner is returned by Commit and Release when another caller holds
+// the lease on the key. Nothing was changed.
+var ErrNotOwner = errors.New("dedup: lease held by another owner")
+
+// ErrUnavailable is wrapped by errors meaning the store could not be
+// reached or did not answer in time (timeouts, refused connections, a
+// cluster without a master). The gateway answers those with a temporary
+// failure; any other error is a bug or a misconfiguration.
+var ErrUnavailable = errors.New("dedup: store unavailable")
+
+// Store is the duplicate-submission store. Its methods are safe for
+// concurrent use.
+//
+// A lease is held per ID (sender and Message-ID), whatever the
+// fingerprint: two transactions for one ID never run at once.
+type Store interface {
+	// Claim atomically looks the key up. A committed entry with the same
+	// fingerprint gives Duplicate and its PEC identifier. Else a live lease
+	// held by anyone gives InFlight. Else the caller gets a lease of
+	// duration lease and State New, or Reused when the ID was committed
+	// before with another fingerprint. Claim makes nothing durable: a lease
+	// is lost with the Embedded store's process, and expires by itself.
+	Claim(ctx context.Context, k Key, lease time.Duration) (Claim, error)
+
+	// Commit records pecID for the key's ID and fingerprint, to be given by
+	// Claim as Duplicate until window has passed; the lease is dropped.
+	// Only the lease owner (token) may commit: if another caller holds the
+	// lease the result is ErrNotOwner and nothing changes. An owner whose
+	// lease expired may still commit as long as nobody else took it, since
+	// its envelope may already be out. When Commit returns nil the record
+	// is durable: acknowledged by Redis, fsync'd by Embedded.
+	Commit(ctx context.Context, k Key, token, pecID string, window time.Duration) error
+
+	// Release drops the caller's lease, when the transaction failed before
+	// any hand-off, so that a retry proceeds as New (or Reused). It is a
+	// compare-and-delete: if another caller holds the lease the result is
+	// ErrNotOwner and nothing changes; if no lease is held it does nothing.
+	Release(ctx context.Context, k Key, token string) error
+
+	// Close releases the store's resources (connections, file lock).
+	Close() error
+}
+
+// newToken returns a random lease owner token.
+func newToken() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+// Compile-time checks that both stores implement Store.
+var (
+	_ Store = (*Redis)(nil)
+	_ Store = (*Embedded)(nil)
+)
+
+// millis converts d to whole milliseconds, at least 1, as Redis PX wants.
+func millis(d time.Duration) int64 {
+	ms := d.Milliseconds()
+	if ms < 1 {
+		ms = 1
+	}
+	return ms
+}

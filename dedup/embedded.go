@@ -1,0 +1,369 @@
+package dedup
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/pecgw/pecgw/internal/safeio"
+)
+
+// Embedded is a Store for one machine: an in-memory map behind a mutex, and
+// an append-only journal of commits in a folder, fsync'd on every Commit
+// and replayed on open, so that commits survive a restart. Leases live in
+// memory only: after a restart nothing is in flight (reconciling
+// half-done transactions is the transaction log's job).
+//
+// The journal holds one line per commit:
+//
+//	<crc32 of the JSON, 8 hex digits> <JSON {"id","fp","pec","exp"}>\n
+//
+// Claims and releases are not journalled, as leases do not survive a
+// restart. A last line without its newline or with a bad checksum is a
+// write torn by a crash and is ignored; a bad line before the last is
+// corruption and OpenEmbedded refuses the journal. On open, expired lines
+// are dropped, and the journal is rewritten (safeio.WriteFile) when most of
+// it is garbage or its last line was torn.
+type Embedded struct {
+	mu      sync.Mutex
+	entries map[string]*embEntry // by Key.ID
+	journal *os.File
+	lock    *os.File
+	size    int64 // of the journal: a failed append is cut back to it
+	broken  error // a failed append that could not be undone, or a failed fsync
+	closed  bool
+	ops     int // since the last sweep of expired entries
+}
+
+type embEntry struct {
+	token      string // lease owner; "" when no lease
+	leaseUntil time.Time
+	commits    map[string]embCommit // by Key.Fingerprint
+}
+
+type embCommit struct {
+	pecID string
+	exp   time.Time
+}
+
+type journalRecord struct {
+	ID  string `json:"id"`
+	FP  string `json:"fp"`
+	PEC string `json:"pec"`
+	Exp int64  `json:"exp"` // Unix nanoseconds
+}
+
+const (
+	journalName = "journal"
+	lockName    = "lock"
+	sweepEvery  = 1024
+)
+
+// OpenEmbedded opens (creating it if needed) the embedded store in dir. It
+// takes an exclusive lock on dir/lock: a second process gets an error.
+func OpenEmbedded(dir string) (*Embedded, error) {
+	if err := safeio.MkdirAllSync(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("dedup: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("dedup: lock: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("dedup: %s is in use by another process", dir)
+		}
+		return nil, fmt.Errorf("dedup: lock %s: %w", dir, err)
+	}
+	e := &Embedded{entries: map[string]*embEntry{}, lock: lock}
+	if err := e.open(filepath.Join(dir, journalName)); err != nil {
+		lock.Close() // closing drops the flock
+		return nil, err
+	}
+	return e, nil
+}
+
+// open replays the journal at path, compacts it if worthwhile, and opens
+// it for appending.
+func (e *Embedded) open(path string) error {
+	data, err := os.ReadFile(path)
+	existed := err == nil
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("dedup: read journal: %w", err)
+	}
+	now := time.Now()
+	lines, torn, err := e.replay(data, now)
+	if err != nil {
+		return err
+	}
+	live := 0
+	for _, en := range e.entries {
+		live += len(en.commits)
+	}
+	if torn || lines-live > live {
+		if err := safeio.WriteFile(path, e.snapshot(), 0o600); err != nil {
+			return fmt.Errorf("dedup: compact journal: %w", err)
+		}
+		existed = true
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("dedup: open journal: %w", err)
+	}
+	if !existed {
+		if err := safeio.SyncDir(filepath.Dir(path)); err != nil {
+			f.Close()
+			return fmt.Errorf("dedup: %w", err)
+		}
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("dedup: stat journal: %w", err)
+	}
+	e.journal, e.size = f, fi.Size()
+	return nil
+}
+
+// replay loads the journal's unexpired commits. It returns the number of
+// complete lines and whether the last one was torn.
+func (e *Embedded) replay(data []byte, now time.Time) (lines int, torn bool, err error) {
+	for n := 1; len(data) > 0; n++ {
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 {
+			return lines, true, nil // torn: the newline never made it
+		}
+		line := data[:i]
+		data = data[i+1:]
+		rec, ok := parseJournalLine(line)
+		if !ok {
+			if len(data) == 0 {
+				return lines, true, nil
+			}
+			return lines, false, fmt.Errorf("dedup: journal line %d is corrupt", n)
+		}
+		lines++
+		exp := time.Unix(0, rec.Exp)
+		if !now.Before(exp) {
+			continue
+		}
+		e.entry(rec.ID).commits[rec.FP] = embCommit{pecID: rec.PEC, exp: exp}
+	}
+	return lines, false, nil
+}
+
+func parseJournalLine(line []byte) (journalRecord, bool) {
+	var rec journalRecord
+	if len(line) < 10 || line[8] != ' ' {
+		return rec, false
+	}
+	sum, err := strconv.ParseUint(string(line[:8]), 16, 32)
+	if err != nil || uint32(sum) != crc32.ChecksumIEEE(line[9:]) {
+		return rec, false
+	}
+	if json.Unmarshal(line[9:], &rec) != nil || rec.ID == "" || rec.FP == "" {
+		return rec, false
+	}
+	return rec, true
+}
+
+func journalLine(rec journalRecord) []byte {
+	js, _ := json.Marshal(rec) // strings and an int: cannot fail
+	line := fmt.Appendf(nil, "%08x ", crc32.ChecksumIEEE(js))
+	line = append(line, js...)
+	return append(line, '\n')
+}
+
+// snapshot is the journal of the live commits only.
+func (e *Embedded) snapshot() []byte {
+	var b []byte
+	for id, en := range e.entries {
+		for fp, c := range en.commits {
+			b = append(b, journalLine(journalRecord{ID: id, FP: fp, PEC: c.pecID, Exp: c.exp.UnixNano()})...)
+		}
+	}
+	return b
+}
+
+func (e *Embedded) entry(id string) *embEntry {
+	en := e.entries[id]
+	if en == nil {
+		en = &embEntry{commits: map[string]embCommit{}}
+		e.entries[id] = en
+	}
+	return en
+}
+
+// lookup returns the entry of id with its expired commits and lease
+// removed, or nil when nothing live is left.
+func (e *Embedded) lookup(id string, now time.Time) *embEntry {
+	en := e.entries[id]
+	if en == nil {
+		return nil
+	}
+	if en.token != "" && !now.Before(en.leaseUntil) {
+		en.token = ""
+	}
+	for fp, c := range en.commits {
+		if !now.Before(c.exp) {
+			delete(en.commits, fp)
+		}
+	}
+	if en.token == "" && len(en.commits) == 0 {
+		delete(e.entries, id)
+		return nil
+	}
+	return en
+}
+
+// sweep drops expired entries now and then, so that keys never looked up
+// again do not stay in memory.
+func (e *Embedded) sweep(now time.Time) {
+	if e.ops++; e.ops < sweepEvery {
+		return
+	}
+	e.ops = 0
+	for id := range e.entries {
+		e.lookup(id, now)
+	}
+}
+
+var errClosed = errors.New("dedup: store closed")
+
+// usable reports why the store cannot serve, if it cannot.
+func (e *Embedded) usable() error {
+	if e.closed {
+		return errClosed
+	}
+	if e.broken != nil {
+		return fmt.Errorf("%w: journal failed, reopen the store: %w", ErrUnavailable, e.broken)
+	}
+	return nil
+}
+
+// appendJournal writes and fsyncs line. After a failed fsync the state of
+// the file is unknown (the kernel may have dropped the dirty pages), so the
+// store stops serving until it is reopened and replays what is on disk. A
+// failed write is cut back, so the next line does not follow a fragment.
+func (e *Embedded) appendJournal(line []byte) error {
+	if _, err := e.journal.Write(line); err != nil {
+		if terr := e.journal.Truncate(e.size); terr != nil {
+			e.broken = err
+		}
+		return fmt.Errorf("%w: write journal: %w", ErrUnavailable, err)
+	}
+	if err := e.journal.Sync(); err != nil {
+		e.broken = err
+		return fmt.Errorf("%w: fsync journal: %w", ErrUnavailable, err)
+	}
+	e.size += int64(len(line))
+	return nil
+}
+
+// Claim implements Store.
+func (e *Embedded) Claim(ctx context.Context, k Key, lease time.Duration) (Claim, error) {
+	if err := ctx.Err(); err != nil {
+		return Claim{}, err
+	}
+	token, err := newToken()
+	if err != nil {
+		return Claim{}, fmt.Errorf("dedup: lease token: %w", err)
+	}
+	id, fp := k.ID(), k.Fingerprint()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.usable(); err != nil {
+		return Claim{}, err
+	}
+	now := time.Now()
+	e.sweep(now)
+	en := e.lookup(id, now)
+	if en != nil {
+		if c, ok := en.commits[fp]; ok {
+			return Claim{State: Duplicate, PECID: c.pecID}, nil
+		}
+		if en.token != "" {
+			return Claim{State: InFlight}, nil
+		}
+	}
+	state := New
+	if en != nil && len(en.commits) > 0 {
+		state = Reused
+	}
+	en = e.entry(id)
+	en.token, en.leaseUntil = token, now.Add(lease)
+	return Claim{State: state, Token: token}, nil
+}
+
+// Commit implements Store. The journal line is written and fsync'd before
+// the map changes, under the mutex: commits are serialised, one fsync each.
+func (e *Embedded) Commit(ctx context.Context, k Key, token, pecID string, window time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	id, fp := k.ID(), k.Fingerprint()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.usable(); err != nil {
+		return err
+	}
+	now := time.Now()
+	en := e.lookup(id, now)
+	if en != nil && en.token != "" && en.token != token {
+		return ErrNotOwner
+	}
+	exp := now.Add(window)
+	line := journalLine(journalRecord{ID: id, FP: fp, PEC: pecID, Exp: exp.UnixNano()})
+	if err := e.appendJournal(line); err != nil {
+		return err
+	}
+	en = e.entry(id)
+	en.token = ""
+	en.commits[fp] = embCommit{pecID: pecID, exp: exp}
+	return nil
+}
+
+// Release implements Store.
+func (e *Embedded) Release(ctx context.Context, k Key, token string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	id := k.ID()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.usable(); err != nil {
+		return err
+	}
+	en := e.lookup(id, time.Now())
+	if en == nil || en.token == "" {
+		return nil
+	}
+	if en.token != token {
+		return ErrNotOwner
+	}
+	en.token = ""
+	e.lookup(id, time.Now())
+	return nil
+}
+
+// Close implements Store: it closes the journal and drops the lock.
+func (e *Embedded) Close() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil
+	}
+	e.closed = true
+	return errors.Join(e.journal.Close(), e.lock.Close())
+}

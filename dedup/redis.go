@@ -1,0 +1,215 @@
+package dedup
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisOptions configures the Redis store. One address is a standalone
+// server, several a Cluster; MasterName selects Sentinel (Addrs are then
+// the sentinels), as redis.NewUniversalClient decides.
+type RedisOptions struct {
+	Addrs      []string
+	MasterName string // Sentinel: the monitored master's name
+	Username   string
+	Password   string
+	DB         int
+	TLS        *tls.Config
+	// Timeout bounds every call, on top of the caller's context
+	// (default 500 ms): a slow or lost Redis becomes ErrUnavailable, and
+	// the client a 4xx, instead of a hung session.
+	Timeout time.Duration
+}
+
+// Redis is a Store in Redis, shared by several gateway instances.
+//
+// Keys, all of one ID in one Cluster hash slot thanks to the {id} tag:
+//
+//	pecgw:dedup:{id}:lease    the lease owner's token, expiring with the lease
+//	pecgw:dedup:{id}:fp:<fp>  a committed PEC identifier, expiring with the window
+//	pecgw:dedup:{id}:any      present while any fingerprint of id is committed
+//
+// Each call is one Lua script, so it is atomic on the server.
+type Redis struct {
+	client  redis.UniversalClient
+	timeout time.Duration
+}
+
+const redisPrefix = "pecgw:dedup:"
+
+// NewRedis returns a Redis store. It does not contact the server: the first
+// call does (use CheckEviction at start-up to check it).
+func NewRedis(opts RedisOptions) (*Redis, error) {
+	if len(opts.Addrs) == 0 {
+		return nil, errors.New("dedup: redis: no address")
+	}
+	timeout := opts.Timeout
+	if timeout <= 0 {
+		timeout = 500 * time.Millisecond
+	}
+	client := redis.NewUniversalClient(&redis.UniversalOptions{
+		Addrs:                 opts.Addrs,
+		MasterName:            opts.MasterName,
+		Username:              opts.Username,
+		Password:              opts.Password,
+		DB:                    opts.DB,
+		TLSConfig:             opts.TLS,
+		DialTimeout:           timeout,
+		ReadTimeout:           timeout,
+		WriteTimeout:          timeout,
+		ContextTimeoutEnabled: true,
+	})
+	return &Redis{client: client, timeout: timeout}, nil
+}
+
+func redisKeys(k Key) []string {
+	base := redisPrefix + "{" + k.ID() + "}:"
+	return []string{base + "lease", base + "fp:" + k.Fingerprint(), base + "any"}
+}
+
+// KEYS: lease, fp, any. ARGV: token, lease ms.
+var claimScript = redis.NewScript(`
+local pec = redis.call('GET', KEYS[2])
+if pec then return {'D', pec} end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'I', ''} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'R', ''} end
+return {'N', ''}
+`)
+
+// KEYS: lease, fp, any. ARGV: token, PEC id, window ms.
+var commitScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return 0 end
+local window = tonumber(ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', window)
+if redis.call('PTTL', KEYS[3]) < window then
+	redis.call('SET', KEYS[3], '1', 'PX', window)
+end
+if cur then redis.call('DEL', KEYS[1]) end
+return 1
+`)
+
+// KEYS: lease. ARGV: token.
+var releaseScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 1 end
+if cur ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+`)
+
+// Claim implements Store.
+func (r *Redis) Claim(ctx context.Context, k Key, lease time.Duration) (Claim, error) {
+	token, err := newToken()
+	if err != nil {
+		return Claim{}, fmt.Errorf("dedup: lease token: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	res, err := claimScript.Run(ctx, r.client, redisKeys(k), token, millis(lease)).StringSlice()
+	if err != nil {
+		return Claim{}, redisErr("claim", err)
+	}
+	if len(res) != 2 {
+		return Claim{}, fmt.Errorf("dedup: redis claim: unexpected reply %q", res)
+	}
+	switch res[0] {
+	case "D":
+		return Claim{State: Duplicate, PECID: res[1]}, nil
+	case "I":
+		return Claim{State: InFlight}, nil
+	case "R":
+		return Claim{State: Reused, Token: token}, nil
+	case "N":
+		return Claim{State: New, Token: token}, nil
+	}
+	return Claim{}, fmt.Errorf("dedup: redis claim: unexpected reply %q", res)
+}
+
+// Commit implements Store. Durable means acknowledged by the master: with
+// replicas, a failover right after may lose it (see WAIT).
+func (r *Redis) Commit(ctx context.Context, k Key, token, pecID string, window time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	n, err := commitScript.Run(ctx, r.client, redisKeys(k), token, pecID, millis(window)).Int()
+	if err != nil {
+		return redisErr("commit", err)
+	}
+	if n != 1 {
+		return ErrNotOwner
+	}
+	return nil
+}
+
+// Release implements Store.
+func (r *Redis) Release(ctx context.Context, k Key, token string) error {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	n, err := releaseScript.Run(ctx, r.client, redisKeys(k)[:1], token).Int()
+	if err != nil {
+		return redisErr("release", err)
+	}
+	if n != 1 {
+		return ErrNotOwner
+	}
+	return nil
+}
+
+// Close implements Store.
+func (r *Redis) Close() error { return r.client.Close() }
+
+// CheckEviction reads maxmemory-policy: unless it is noeviction, Redis may
+// drop committed entries under memory pressure, and a retry would then be
+// accepted twice. The warning is empty when all is well; err is set only
+// when Redis cannot be reached. When CONFIG is not allowed (managed
+// services, ACLs) the warning says the policy could not be checked.
+func (r *Redis) CheckEviction(ctx context.Context) (warning string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	res, err := r.client.ConfigGet(ctx, "maxmemory-policy").Result()
+	if err != nil {
+		if isUnavailable(err) {
+			return "", redisErr("config get", err)
+		}
+		return fmt.Sprintf("cannot read the redis maxmemory-policy (%v): make sure it is noeviction, or committed submissions may be evicted and accepted twice", err), nil
+	}
+	policy, ok := res["maxmemory-policy"]
+	if !ok {
+		return "redis did not report its maxmemory-policy: make sure it is noeviction, or committed submissions may be evicted and accepted twice", nil
+	}
+	if policy != "noeviction" {
+		return fmt.Sprintf("redis maxmemory-policy is %s, not noeviction: committed submissions may be evicted and accepted twice", policy), nil
+	}
+	return "", nil
+}
+
+// redisErr wraps err, with ErrUnavailable when the store could not answer.
+func redisErr(op string, err error) error {
+	if isUnavailable(err) {
+		return fmt.Errorf("%w: redis %s: %w", ErrUnavailable, op, err)
+	}
+	return fmt.Errorf("dedup: redis %s: %w", op, err)
+}
+
+// isUnavailable tells errors of reachability (no reply, or a server that
+// cannot serve now) from replies that reveal a bug (wrong type, bad script).
+func isUnavailable(err error) bool {
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		// Not a reply from the server: network, timeout, closed pool.
+		return true
+	}
+	if redis.IsLoadingError(err) || redis.IsReadOnlyError(err) || redis.IsClusterDownError(err) ||
+		redis.IsTryAgainError(err) || redis.IsMasterDownError(err) || redis.IsMaxClientsError(err) ||
+		redis.IsOOMError(err) || redis.IsNoReplicasError(err) {
+		return true
+	}
+	return strings.HasPrefix(err.Error(), "BUSY")
+}

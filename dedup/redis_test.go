@@ -1,0 +1,146 @@
+package dedup
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pecgw/pecgw/internal/testtool"
+	"github.com/redis/go-redis/v9"
+)
+
+func TestRedisUnavailableThenBack(t *testing.T) {
+	testtool.Need(t, "redis-server")
+	dir := t.TempDir()
+	port := freePort()
+	srv, err := startRedis(dir, port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.stop)
+	const timeout = 300 * time.Millisecond
+	r := newTestRedis(t, srv.addr, timeout)
+	ctx := context.Background()
+	k := newKey("body")
+	c, err := r.Claim(ctx, k, longLease)
+	if err != nil || c.State != New {
+		t.Fatalf("Claim = %v, %v", c.State, err)
+	}
+
+	srv.stop()
+	for _, k := range []Key{k, newKey("other")} {
+		start := time.Now()
+		_, err = r.Claim(ctx, k, longLease)
+		took := time.Since(start)
+		t.Logf("Claim with the server down: %v after %v", err, took)
+		if !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("Claim with the server down = %v, want ErrUnavailable", err)
+		}
+		if took > timeout+200*time.Millisecond {
+			t.Errorf("Claim with the server down took %v, timeout %v", took, timeout)
+		}
+	}
+	if err := r.Commit(ctx, k, c.Token, "pec-1", longWindow); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Commit with the server down = %v, want ErrUnavailable", err)
+	}
+	if _, err := r.CheckEviction(ctx); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("CheckEviction with the server down = %v, want ErrUnavailable", err)
+	}
+
+	srv2, err := startRedis(dir, port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv2.stop)
+	// The restarted server has no data (no persistence): the key is new.
+	k2 := newKey("after")
+	c2, err := r.Claim(ctx, k2, longLease)
+	if err != nil || c2.State != New {
+		t.Fatalf("Claim after restart = %v, %v", c2.State, err)
+	}
+	if err := r.Commit(ctx, k2, c2.Token, "pec-2", longWindow); err != nil {
+		t.Fatalf("Commit after restart: %v", err)
+	}
+}
+
+func TestRedisLogicErrorIsNotUnavailable(t *testing.T) {
+	addr := needRedis(t)
+	r := newTestRedis(t, addr, 0)
+	ctx := context.Background()
+	k := newKey("body")
+	// A key of the wrong type is a bug, not an outage.
+	if err := r.client.HSet(ctx, redisKeys(k)[1], "x", "y").Err(); err != nil {
+		t.Fatal(err)
+	}
+	_, err := r.Claim(ctx, k, longLease)
+	if err == nil || errors.Is(err, ErrUnavailable) {
+		t.Errorf("Claim on a hash = %v, want a logic error", err)
+	}
+}
+
+func TestRedisCancelledContext(t *testing.T) {
+	r := newTestRedis(t, needRedis(t), 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := r.Claim(ctx, newKey("body"), longLease); !errors.Is(err, context.Canceled) {
+		t.Errorf("Claim with a cancelled context = %v", err)
+	}
+}
+
+func TestRedisCheckEviction(t *testing.T) {
+	addr := needRedis(t)
+	r := newTestRedis(t, addr, 0)
+	ctx := context.Background()
+	admin := redis.NewClient(&redis.Options{Addr: addr})
+	defer admin.Close()
+	t.Cleanup(func() { admin.ConfigSet(context.Background(), "maxmemory-policy", "noeviction") })
+
+	if err := admin.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := r.CheckEviction(ctx); err != nil || w != "" {
+		t.Errorf("CheckEviction with noeviction = %q, %v; want no warning", w, err)
+	}
+	if err := admin.ConfigSet(ctx, "maxmemory-policy", "allkeys-lru").Err(); err != nil {
+		t.Fatal(err)
+	}
+	w, err := r.CheckEviction(ctx)
+	if err != nil || !strings.Contains(w, "allkeys-lru") {
+		t.Errorf("CheckEviction with allkeys-lru = %q, %v; want a warning naming it", w, err)
+	}
+}
+
+func TestRedisCheckEvictionConfigDenied(t *testing.T) {
+	addr := needRedis(t)
+	admin := redis.NewClient(&redis.Options{Addr: addr})
+	defer admin.Close()
+	ctx := context.Background()
+	// A user that may run the store's commands but not CONFIG, as on
+	// managed services.
+	if err := admin.Do(ctx, "ACL", "SETUSER", "dedup", "on", ">secret", "~pecgw:dedup:*", "+@all", "-config").Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Do(context.Background(), "ACL", "DELUSER", "dedup") })
+	r, err := NewRedis(RedisOptions{Addrs: []string{addr}, Username: "dedup", Password: "secret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	w, err := r.CheckEviction(ctx)
+	if err != nil || !strings.Contains(w, "cannot read") {
+		t.Errorf("CheckEviction without CONFIG = %q, %v; want a warning that it cannot check", w, err)
+	}
+	// The store itself works with that user.
+	k := newKey("body")
+	if c, err := r.Claim(ctx, k, longLease); err != nil || c.State != New {
+		t.Errorf("Claim as the restricted user = %v, %v", c.State, err)
+	}
+}
+
+func TestNewRedisNeedsAddress(t *testing.T) {
+	if _, err := NewRedis(RedisOptions{}); err == nil {
+		t.Error("NewRedis without an address succeeded")
+	}
+}
