@@ -9,6 +9,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/pecgw/pecgw/dedup"
 	"github.com/pecgw/pecgw/delivery"
 	"github.com/pecgw/pecgw/logstore"
 	"github.com/pecgw/pecgw/pec"
@@ -40,7 +41,23 @@ type Acceptor struct {
 	Outbound, Mailboxes delivery.Target
 	Now                 func() time.Time // the clock (time.Now)
 	Rand                io.Reader        // randomness of the PEC identifiers (crypto/rand.Reader)
+
+	// Dedup answers a client's retry of an accepted submission with the
+	// original PEC identifier (ARCHITECTURE.md invariant 3); nil: none.
+	Dedup dedup.Store
+	// DedupWindow is how long an accepted submission is remembered
+	// (default 7 days); DedupLease how long a claim holds while its
+	// transaction runs (default 10 minutes: longer than any hand-off).
+	DedupWindow, DedupLease time.Duration
+	// DedupFailOpen proceeds without deduplication when the store is
+	// unavailable (config dedup.on_error = "accept"); otherwise the client
+	// gets 451 and retries later.
+	DedupFailOpen bool
 }
+
+// ErrInFlight is returned while a twin of the submission is being
+// processed (on this or another instance): the client retries later.
+var ErrInFlight = errors.New("the same submission is being processed")
 
 // Submission is one message received by the SMTP session.
 type Submission struct {
@@ -55,11 +72,13 @@ type Submission struct {
 // (the PEC identifier); a refused one has the violations and the
 // identifier of the non-acceptance notice already delivered to the sender.
 type Outcome struct {
-	Accepted   bool
-	ID         string // the PEC identifier of the transaction
-	NoticeID   string // refused: the notice's Message-ID
-	Violations []pec.Violation
-	At         pec.Instant
+	Accepted     bool
+	Duplicate    bool   // a retry: nothing new was emitted, ID is the original's
+	DedupSkipped bool   // the store was unavailable and DedupFailOpen let it through
+	ID           string // the PEC identifier of the transaction
+	NoticeID     string // refused: the notice's Message-ID
+	Violations   []pec.Violation
+	At           pec.Instant
 }
 
 // Process runs one acceptance transaction. A nil error comes with an
@@ -77,15 +96,89 @@ func (a *Acceptor) Process(ctx context.Context, s *Submission) (*Outcome, error)
 		return nil, fmt.Errorf("pec identifier: %w", err)
 	}
 	tx := pec.Transaction{Provider: a.Provider, At: at, ID: id, Submission: sub, Directory: a.Directory}
-	// dedup.Claim goes here (issue 5): a retry of a submission already
-	// accepted is answered with the original identifier.
 	if len(violations) > 0 {
+		// A refusal is not deduplicated: each refused submission gets
+		// its notice (invariant 4).
 		return a.refuse(ctx, s, tx, violations)
 	}
-	return a.accept(ctx, s, tx)
+	// Without a Message-ID there is nothing to recognise a retry by:
+	// the submission is certified as new (docs/configuration.md, [dedup]).
+	if a.Dedup == nil || sub.MessageID == "" {
+		return a.accept(ctx, s, tx, nil)
+	}
+	d := &dedupTx{key: dedupKey(s, sub)}
+	c, err := a.Dedup.Claim(ctx, d.key, durationOr(a.DedupLease, 10*time.Minute))
+	switch {
+	case err != nil && errors.Is(err, dedup.ErrUnavailable) && a.DedupFailOpen:
+		o, err := a.accept(ctx, s, tx, nil)
+		if o != nil {
+			o.DedupSkipped = true
+		}
+		return o, err
+	case err != nil:
+		return nil, fmt.Errorf("dedup: %w", err)
+	case c.State == dedup.InFlight:
+		return nil, ErrInFlight
+	case c.State == dedup.Duplicate:
+		return a.duplicate(ctx, s, tx, c.PECID)
+	}
+	d.token, d.reused = c.Token, c.State == dedup.Reused
+	return a.accept(ctx, s, tx, d)
 }
 
-func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction) (*Outcome, error) {
+// dedupTx is the claim a transaction holds.
+type dedupTx struct {
+	key    dedup.Key
+	token  string
+	reused bool // the Message-ID was accepted before with other content
+}
+
+// dedupKey: the authenticated sender, the client's Message-ID, the
+// forward-paths and the whole submitted message.
+func dedupKey(s *Submission, sub *pec.Submission) dedup.Key {
+	return dedup.Key{Sender: s.User, MessageID: sub.MessageID, Recipients: sub.Recipients, BodyHash: sha256.Sum256(s.Raw)}
+}
+
+func durationOr(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+// duplicate answers a retry of an accepted submission: the original
+// identifier, no new envelope or receipt, a "duplicate" log record.
+func (a *Acceptor) duplicate(ctx context.Context, s *Submission, tx pec.Transaction, original string) (*Outcome, error) {
+	rec := a.record(s, tx)
+	rec.Type = logstore.EventDuplicate
+	rec.PECID = original
+	rec.SHA256 = sum(s.Raw)
+	rec.Detail = "retry of an accepted submission: answered with its PEC identifier, nothing emitted"
+	if _, _, err := a.Log.Append(ctx, &rec); err != nil {
+		return nil, fmt.Errorf("log the duplicate: %w", err)
+	}
+	return &Outcome{Accepted: true, Duplicate: true, ID: original, At: tx.At}, nil
+}
+
+func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction, d *dedupTx) (o *Outcome, err error) {
+	// Until the envelope is out, a failure frees the claim so the retry
+	// proceeds as new; once it is out, the claim is committed whatever
+	// follows, so a retry never makes a second envelope (invariant 3).
+	envelopeOut := false
+	if d != nil {
+		defer func() {
+			if envelopeOut {
+				// The message is certified either way: a failed commit
+				// is reported for the operator, not to the client.
+				cerr := a.Dedup.Commit(context.WithoutCancel(ctx), d.key, d.token, tx.ID, durationOr(a.DedupWindow, 7*24*time.Hour))
+				if cerr != nil && o != nil {
+					o.DedupSkipped = true
+				}
+				return
+			}
+			_ = a.Dedup.Release(context.WithoutCancel(ctx), d.key, d.token)
+		}()
+	}
 	envelope, envData, err := a.buildSigned(tx, pec.BuildEnvelope)
 	if err != nil {
 		return nil, err
@@ -95,6 +188,9 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 		return nil, err
 	}
 	base := a.record(s, tx)
+	if d != nil && d.reused {
+		base.Detail = "the client's Message-ID was accepted before with other content: certified as a new message"
+	}
 	base.SHA256 = sum(envData)
 	base.Generated = &logstore.Generated{Envelope: envelope.MessageID, Receipt: receipt.MessageID}
 
@@ -116,6 +212,7 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 	if err := a.Outbound.Deliver(ctx, deliveryMessage(envelope, envData)); err != nil {
 		return nil, a.abort(s, tx, "transport envelope not handed off", err)
 	}
+	envelopeOut = true
 	if err := a.Mailboxes.Deliver(ctx, deliveryMessage(receipt, receiptData)); err != nil {
 		return nil, a.abort(s, tx, "transport envelope handed off, acceptance receipt not delivered", err)
 	}

@@ -7,11 +7,14 @@ import "go.uber.org/zap"
 // so operators can filter and alert on them. No sampling applies to them
 // (cmd/pecgw builds the logger without a sampler).
 var (
-	evAuth     = zap.String("event", "smtp.auth")    // an AUTH attempt: ip, user, result ok|failed|locked-out
-	evLimit    = zap.String("event", "smtp.limit")   // a connection refused by the connection limits
-	evAccepted = zap.String("event", "pec.accepted") // a submission certified: pec_id
-	evRefused  = zap.String("event", "pec.refused")  // a submission refused by the formal checks: violations, notice
-	evError    = zap.String("event", "pec.error")    // an internal failure answered 4xx: error
+	evAuth      = zap.String("event", "smtp.auth")         // an AUTH attempt: ip, user, result ok|failed|locked-out
+	evLimit     = zap.String("event", "smtp.limit")        // a connection refused by the connection limits
+	evAccepted  = zap.String("event", "pec.accepted")      // a submission certified: pec_id
+	evRefused   = zap.String("event", "pec.refused")       // a submission refused by the formal checks: violations, notice
+	evError     = zap.String("event", "pec.error")         // an internal failure answered 4xx: error
+	evDuplicate = zap.String("event", "pec.duplicate")     // a retry answered with the original pec_id
+	evInFlight  = zap.String("event", "pec.inflight")      // a retry while its twin is being processed: 451
+	evDedup     = zap.String("event", "dedup.unavailable") // certified without deduplication (on_error = accept, or the commit failed)
 )
 
 // logger returns the Backend's operational logger, or one that drops

@@ -69,6 +69,9 @@ func violationStatus(code string) (int, smtp.EnhancedCode) {
 // client retries and nothing is lost, and without internal detail (the
 // operator's log has it). A deadline gets 451 4.4.5 as maddy does.
 func InternalReply(err error) *smtp.SMTPError {
+	if errors.Is(err, ErrInFlight) {
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "the same message is still being processed; please retry in a moment"}
+	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 5}, Message: "temporary failure (timeout), please retry later"}
 	}

@@ -301,11 +301,20 @@ func (s *Session) Data(r io.Reader) error {
 	s.from, s.rcpt = "", nil
 	log := s.b.logger().With(zap.String("user", s.user), zap.String("ip", sub.ClientIP), zap.Int("size", len(sub.Raw)), zap.Int("rcpt", len(sub.Envelope.To)))
 	switch {
+	case errors.Is(err, ErrInFlight):
+		log.Info("retry while its twin is in flight", evInFlight)
+		return InternalReply(err)
 	case err != nil:
 		// The detail goes to the operator, never to the client.
 		log.Error("transaction failed", evError, zap.Error(err))
 		return InternalReply(err)
+	case o.Duplicate:
+		log.Info("duplicate submission answered with its PEC id", evDuplicate, zap.String("pec_id", o.ID))
+		return AcceptedReply(o)
 	case o.Accepted:
+		if o.DedupSkipped {
+			log.Warn("accepted without deduplication: the store was unavailable", evDedup, zap.String("pec_id", o.ID))
+		}
 		log.Info("accepted", evAccepted, zap.String("pec_id", o.ID))
 		return AcceptedReply(o)
 	default:

@@ -23,6 +23,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/pecgw/pecgw/config"
+	"github.com/pecgw/pecgw/dedup"
 	"github.com/pecgw/pecgw/delivery"
 	"github.com/pecgw/pecgw/gateway"
 	"github.com/pecgw/pecgw/logstore"
@@ -100,6 +101,7 @@ type server struct {
 	cfg     *config.Config
 	log     *zap.Logger
 	txlog   *logstore.Log
+	dedup   dedup.Store
 	users   *gateway.Users
 	cert    atomic.Pointer[tls.Certificate]
 	servers []*smtp.Server
@@ -146,16 +148,25 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 	if s.txlog, err = logstore.Open(lo); err != nil {
 		return nil, err
 	}
+	store, err := dedupStore(cfg, logger)
+	if err != nil {
+		s.txlog.Close()
+		return nil, err
+	}
+	s.dedup = store
 	acceptor := &gateway.Acceptor{
-		Provider:  pec.Provider{Name: cfg.Provider.Name, Domain: cfg.Provider.Domains[0]},
-		Directory: dir,
-		Limits:    pec.Limits{MaxSizeTimesRecipients: cfg.Limits.MaxSizeTimesRecipients, MaxRecipients: cfg.Limits.MaxRecipients},
-		Signer:    sig,
-		Log:       s.txlog,
-		Outbound:  outbound,
-		Mailboxes: mailboxes,
-		Now:       time.Now,
-		Rand:      rand.Reader,
+		Dedup:         store,
+		DedupWindow:   cfg.Dedup.Window,
+		DedupFailOpen: cfg.Dedup.OnError == "accept",
+		Provider:      pec.Provider{Name: cfg.Provider.Name, Domain: cfg.Provider.Domains[0]},
+		Directory:     dir,
+		Limits:        pec.Limits{MaxSizeTimesRecipients: cfg.Limits.MaxSizeTimesRecipients, MaxRecipients: cfg.Limits.MaxRecipients},
+		Signer:        sig,
+		Log:           s.txlog,
+		Outbound:      outbound,
+		Mailboxes:     mailboxes,
+		Now:           time.Now,
+		Rand:          rand.Reader,
 	}
 	lim := cfg.Limits
 	backend := &gateway.Backend{
@@ -248,7 +259,7 @@ func (s *server) run(ctx context.Context, hup <-chan os.Signal, stdout io.Writer
 			}
 			cancel()
 			wg.Wait()
-			return s.txlog.Close()
+			return errors.Join(s.txlog.Close(), s.dedup.Close())
 		case <-hup:
 			s.reload()
 		}
@@ -274,6 +285,43 @@ func (s *server) closeAll() {
 	if s.txlog != nil {
 		s.txlog.Close()
 	}
+	if s.dedup != nil {
+		s.dedup.Close()
+	}
+}
+
+// dedupStore opens the duplicate-submission store of [dedup]: embedded on
+// one machine, Redis for several instances (a warning when Redis may
+// evict keys: a lost key would let a retry certify a second message).
+func dedupStore(cfg *config.Config, logger *zap.Logger) (dedup.Store, error) {
+	d := cfg.Dedup
+	if d.Store != "redis" {
+		st, err := dedup.OpenEmbedded(d.Dir)
+		if err != nil {
+			return nil, fmt.Errorf("dedup.dir: %w", err)
+		}
+		return st, nil
+	}
+	opts := dedup.RedisOptions{Addrs: d.RedisAddrs, Timeout: d.Timeout}
+	if d.RedisPasswordFile != "" {
+		pw, err := os.ReadFile(d.RedisPasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("dedup.redis_password_file: %w", err)
+		}
+		opts.Password = strings.TrimRight(string(pw), "\r\n")
+	}
+	st, err := dedup.NewRedis(opts)
+	if err != nil {
+		return nil, fmt.Errorf("dedup: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if warning, err := st.CheckEviction(ctx); err != nil {
+		logger.Warn("redis not reachable at start", zap.String("event", "dedup.unavailable"), zap.Error(err))
+	} else if warning != "" {
+		logger.Warn(warning, zap.String("event", "config.warning"))
+	}
+	return st, nil
 }
 
 // directory builds the PEC directory: our domains, the listed ones and

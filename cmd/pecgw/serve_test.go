@@ -69,8 +69,10 @@ func TestServeAcceptsOverBothListeners(t *testing.T) {
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(caPEM)
 	tc := &tls.Config{RootCAs: roots, ServerName: "127.0.0.1"}
-	msg := "Date: Mon, 23 Nov 2026 10:00:00 +0100\r\nFrom: mario@pec.example.it\r\nTo: anna@pec.altro.it\r\n" +
-		"Subject: prova\r\nMessage-ID: <e2e@client>\r\n\r\nciao\r\n"
+	msg := func(id string) string {
+		return "Date: Mon, 23 Nov 2026 10:00:00 +0100\r\nFrom: mario@pec.example.it\r\nTo: anna@pec.altro.it\r\n" +
+			"Subject: prova\r\nMessage-ID: <" + id + "@client>\r\n\r\nciao\r\n"
+	}
 	for _, c := range []struct {
 		name string
 		dial func() (*smtp.Client, error)
@@ -86,7 +88,7 @@ func TestServeAcceptsOverBothListeners(t *testing.T) {
 		if err := cl.Auth(c.auth); err != nil {
 			t.Fatalf("%s: auth: %v", c.name, err)
 		}
-		if err := cl.SendMail("mario@pec.example.it", []string{"anna@pec.altro.it"}, strings.NewReader(msg)); err != nil {
+		if err := cl.SendMail("mario@pec.example.it", []string{"anna@pec.altro.it"}, strings.NewReader(msg(c.name))); err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
 		cl.Quit()

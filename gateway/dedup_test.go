@@ -1,0 +1,143 @@
+package gateway
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pecgw/pecgw/dedup"
+	"github.com/pecgw/pecgw/logstore"
+)
+
+func withDedup(t *testing.T, f *fixture) *dedup.Embedded {
+	t.Helper()
+	st, err := dedup.OpenEmbedded(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	f.a.Dedup = st
+	return st
+}
+
+func countTypes(recs []*logstore.Record) map[logstore.Event]int {
+	n := map[logstore.Event]int{}
+	for _, r := range recs {
+		n[r.Type]++
+	}
+	return n
+}
+
+// TestRetryGetsTheOriginalID: the same submission twice makes one
+// envelope; the retry is answered with the first PEC identifier and
+// logged as a duplicate (ARCHITECTURE.md invariant 3).
+func TestRetryGetsTheOriginalID(t *testing.T) {
+	f := newFixture(t)
+	withDedup(t, f)
+	sub := submission(goodMessage, "anna@pec.altro.it", "luca@example.com")
+	first, err := f.a.Process(context.Background(), sub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := f.a.Process(context.Background(), submission(goodMessage, "luca@example.com", "anna@pec.altro.it"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.Duplicate || again.ID != first.ID {
+		t.Fatalf("retry %+v, first %s", again, first.ID)
+	}
+	if len(f.out.got) != 1 || len(f.box.got) != 1 {
+		t.Errorf("%d envelopes and %d receipts for one submission", len(f.out.got), len(f.box.got))
+	}
+	if n := countTypes(f.records(t)); n[logstore.EventDuplicate] != 1 || n[logstore.EventBustaTrasporto] != 1 {
+		t.Errorf("log %v", n)
+	}
+	if r := AcceptedReply(again); r.Code != 250 || !strings.Contains(r.Message, first.ID) {
+		t.Errorf("reply %+v", r)
+	}
+
+	// The same Message-ID with another body is a new message, and its
+	// reuse is logged.
+	other := strings.Replace(goodMessage, "ciao", "altro testo", 1)
+	o, err := f.a.Process(context.Background(), submission(other, "anna@pec.altro.it", "luca@example.com"))
+	if err != nil || o.Duplicate || o.ID == first.ID {
+		t.Fatalf("reused Message-ID: %+v, %v", o, err)
+	}
+	recs := f.records(t)
+	if last := recs[len(recs)-1]; !strings.Contains(last.Detail, "accepted before with other content") {
+		t.Errorf("reuse not logged: %+v", last)
+	}
+}
+
+func TestInFlightTwinGets451(t *testing.T) {
+	f := newFixture(t)
+	st := withDedup(t, f)
+	raw := goodMessage
+	sub := submission(raw, "anna@pec.altro.it", "luca@example.com")
+	k := dedup.Key{Sender: sub.User, MessageID: "<c1@mua>", Recipients: sub.Envelope.To, BodyHash: sha256.Sum256([]byte(raw))}
+	if c, err := st.Claim(context.Background(), k, time.Minute); err != nil || c.State != dedup.New {
+		t.Fatalf("claim %+v %v", c, err)
+	}
+	_, err := f.a.Process(context.Background(), sub)
+	if !errors.Is(err, ErrInFlight) {
+		t.Fatalf("err = %v, want ErrInFlight", err)
+	}
+	if r := InternalReply(err); r.Code != 451 || !strings.Contains(r.Message, "being processed") {
+		t.Errorf("reply %+v", r)
+	}
+	if len(f.out.got)+len(f.box.got) != 0 {
+		t.Error("something was emitted for an in-flight twin")
+	}
+}
+
+// TestFailedHandOffFreesTheClaim: before the envelope is out a failure
+// lets the retry proceed; after it is out, the retry is a duplicate even
+// if the receipt failed (one envelope, ever).
+func TestFailedHandOffFreesTheClaim(t *testing.T) {
+	boom := errors.New("down")
+	t.Run("envelope failed", func(t *testing.T) {
+		f := newFixture(t)
+		withDedup(t, f)
+		f.out.fail = boom
+		if _, err := f.a.Process(context.Background(), submission(goodMessage, "anna@pec.altro.it", "luca@example.com")); err == nil {
+			t.Fatal("accepted without hand-off")
+		}
+		f.out.fail = nil
+		o, err := f.a.Process(context.Background(), submission(goodMessage, "anna@pec.altro.it", "luca@example.com"))
+		if err != nil || o.Duplicate || len(f.out.got) != 1 {
+			t.Fatalf("retry: %+v %v, %d envelopes", o, err, len(f.out.got))
+		}
+	})
+	t.Run("receipt failed", func(t *testing.T) {
+		f := newFixture(t)
+		withDedup(t, f)
+		f.box.fail = boom
+		if _, err := f.a.Process(context.Background(), submission(goodMessage, "anna@pec.altro.it", "luca@example.com")); err == nil {
+			t.Fatal("250 without the receipt")
+		}
+		f.box.fail = nil
+		o, err := f.a.Process(context.Background(), submission(goodMessage, "anna@pec.altro.it", "luca@example.com"))
+		if err != nil || !o.Duplicate || len(f.out.got) != 1 {
+			t.Fatalf("retry after the envelope went out: %+v %v, %d envelopes", o, err, len(f.out.got))
+		}
+	})
+}
+
+// TestNoMessageIDNoDedup: without a Message-ID there is nothing to
+// recognise a retry by; each submission is certified.
+func TestNoMessageIDNoDedup(t *testing.T) {
+	f := newFixture(t)
+	withDedup(t, f)
+	raw := strings.Replace(goodMessage, "Message-ID: <c1@mua>\r\n", "", 1)
+	for range 2 {
+		if o, err := f.a.Process(context.Background(), submission(raw, "anna@pec.altro.it", "luca@example.com")); err != nil || o.Duplicate {
+			t.Fatalf("%+v %v", o, err)
+		}
+	}
+	if len(f.out.got) != 2 {
+		t.Errorf("%d envelopes", len(f.out.got))
+	}
+}
