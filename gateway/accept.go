@@ -281,6 +281,11 @@ func (a *Acceptor) buildSigned(tx pec.Transaction, build func(pec.Transaction) (
 // record fills the fields of RFC 6109 §2.3 and the submission's.
 func (a *Acceptor) record(s *Submission, tx pec.Transaction) logstore.Record {
 	sub := tx.Submission
+	var dk string
+	if sub.MessageID != "" {
+		k := dedupKey(s, sub)
+		dk = k.ID() + " " + k.Fingerprint()
+	}
 	var recips []logstore.Recipient
 	for _, r := range pec.Classify(a.Directory, sub.Addressees()) {
 		recips = append(recips, logstore.Recipient{Addr: r.Address, Tipo: r.Tipo()})
@@ -297,6 +302,7 @@ func (a *Acceptor) record(s *Submission, tx pec.Transaction) logstore.Record {
 		ClientIP:   s.ClientIP,
 		TLS:        s.TLS,
 		Size:       int64(len(s.Raw)),
+		DedupKey:   dk,
 	}
 }
 

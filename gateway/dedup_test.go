@@ -52,8 +52,17 @@ func TestRetryGetsTheOriginalID(t *testing.T) {
 	if len(f.out.got) != 1 || len(f.box.got) != 1 {
 		t.Errorf("%d envelopes and %d receipts for one submission", len(f.out.got), len(f.box.got))
 	}
-	if n := countTypes(f.records(t)); n[logstore.EventDuplicate] != 1 || n[logstore.EventBustaTrasporto] != 1 {
+	recs := f.records(t)
+	if n := countTypes(recs); n[logstore.EventDuplicate] != 1 || n[logstore.EventBustaTrasporto] != 1 {
 		t.Errorf("log %v", n)
+	}
+	// Every record carries the key a retry is recognised by, the same in
+	// the first transaction and in the duplicate.
+	k := dedup.Key{Sender: sub.User, MessageID: "<c1@mua>", Recipients: sub.Envelope.To, BodyHash: sha256.Sum256([]byte(goodMessage))}
+	for _, r := range recs {
+		if r.DedupKey != k.ID()+" "+k.Fingerprint() {
+			t.Errorf("%s record dedup_key %q", r.Type, r.DedupKey)
+		}
 	}
 	if r := AcceptedReply(again); r.Code != 250 || !strings.Contains(r.Message, first.ID) {
 		t.Errorf("reply %+v", r)
@@ -66,7 +75,7 @@ func TestRetryGetsTheOriginalID(t *testing.T) {
 	if err != nil || o.Duplicate || o.ID == first.ID {
 		t.Fatalf("reused Message-ID: %+v, %v", o, err)
 	}
-	recs := f.records(t)
+	recs = f.records(t)
 	if last := recs[len(recs)-1]; !strings.Contains(last.Detail, "accepted before with other content") {
 		t.Errorf("reuse not logged: %+v", last)
 	}

@@ -109,6 +109,10 @@ type Record struct {
 	SHA256     string   `json:"sha256,omitempty"`    // hex SHA-256 of the envelope, or of the refused message
 	Violations []string `json:"violations,omitempty"`
 	Detail     string   `json:"detail,omitempty"` // free text: the reason of an abort, what a torn tail cut, …
+	// DedupKey is "<key id> <fingerprint>" of the submission (dedup.Key):
+	// what a retry is recognised by, so a crashed transaction can be
+	// matched to its retry. Set when the submission had a Message-ID.
+	DedupKey string `json:"dedup_key,omitempty"`
 
 	// Checkpoints, seals and purge tombstones.
 	Head   string   `json:"head,omitempty"`   // hex hash of the record before this one (the chain head it certifies)
@@ -168,6 +172,7 @@ func Canonical(r *Record) Record {
 	c.Prev, c.Time, c.Type = v(c.Prev), v(c.Time), Event(v(string(c.Type)))
 	c.PECID, c.MsgID, c.Sender, c.Subject, c.Provider = v(c.PECID), v(c.MsgID), v(c.Sender), v(c.Subject), v(c.Provider)
 	c.User, c.ClientIP, c.TLS, c.SHA256, c.Detail = v(c.User), v(c.ClientIP), v(c.TLS), v(c.SHA256), v(c.Detail)
+	c.DedupKey = v(c.DedupKey)
 	c.Head, c.Signed, c.Sig = v(c.Head), v(c.Signed), v(c.Sig)
 	c.Violations, c.Files = vs(c.Violations), vs(c.Files)
 	if c.Recipients != nil {
