@@ -137,6 +137,14 @@ type Store interface {
 	// ErrNotOwner and nothing changes; if no lease is held it does nothing.
 	Release(ctx context.Context, k Key, token string) error
 
+	// Remember records pecID for the ID and fingerprint given as strings
+	// (Key.ID, Key.Fingerprint, as the transaction log keeps them), as
+	// Commit does but without a lease: it is for reconciliation at start,
+	// when the transaction that held the lease is gone. A lease held on
+	// the ID is left alone. When Remember returns nil the record is
+	// durable, as for Commit.
+	Remember(ctx context.Context, id, fingerprint, pecID string, window time.Duration) error
+
 	// Close releases the store's resources (connections, file lock).
 	Close() error
 }

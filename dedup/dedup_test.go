@@ -183,6 +183,32 @@ var behaviour = []struct {
 		time.Sleep(120 * time.Millisecond)
 		mustClaim(t, s, k, longLease, New) // not Reused: the whole ID is forgotten
 	}},
+	{"RememberWithoutLease", func(t *testing.T, s Store) {
+		// Reconciliation at start: no lease, only what the log kept.
+		k := newKey("body")
+		if err := s.Remember(context.Background(), k.ID(), k.Fingerprint(), "pec-r", longWindow); err != nil {
+			t.Fatalf("Remember: %v", err)
+		}
+		if d := mustClaim(t, s, k, longLease, Duplicate); d.PECID != "pec-r" {
+			t.Errorf("PECID = %q, want pec-r", d.PECID)
+		}
+		k2 := k
+		k2.BodyHash = sha256.Sum256([]byte("other"))
+		mustClaim(t, s, k2, longLease, Reused)
+		// A lease held on the ID is left alone.
+		k3 := newKey("body")
+		c := mustClaim(t, s, k3, longLease, New)
+		if err := s.Remember(context.Background(), k3.ID(), k3.Fingerprint(), "pec-3", longWindow); err != nil {
+			t.Fatalf("Remember: %v", err)
+		}
+		mustClaim(t, s, k3, longLease, Duplicate)
+		if err := s.Release(context.Background(), k3, c.Token); err != nil {
+			t.Errorf("Release after Remember: %v", err)
+		}
+		if err := s.Remember(context.Background(), "", k.Fingerprint(), "pec-x", longWindow); err == nil {
+			t.Error("Remember with an empty id: no error")
+		}
+	}},
 	{"ConcurrentClaimsOneWinner", func(t *testing.T, s Store) {
 		k := newKey("body")
 		const n = 20

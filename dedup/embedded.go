@@ -334,6 +334,28 @@ func (e *Embedded) Commit(ctx context.Context, k Key, token, pecID string, windo
 	return nil
 }
 
+// Remember implements Store: a journalled commit that neither needs nor
+// touches a lease.
+func (e *Embedded) Remember(ctx context.Context, id, fingerprint, pecID string, window time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if id == "" || fingerprint == "" {
+		return errors.New("dedup: remember: empty id or fingerprint")
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.usable(); err != nil {
+		return err
+	}
+	exp := time.Now().Add(window)
+	if err := e.appendJournal(journalLine(journalRecord{ID: id, FP: fingerprint, PEC: pecID, Exp: exp.UnixNano()})); err != nil {
+		return err
+	}
+	e.entry(id).commits[fingerprint] = embCommit{pecID: pecID, exp: exp}
+	return nil
+}
+
 // Release implements Store.
 func (e *Embedded) Release(ctx context.Context, k Key, token string) error {
 	if err := ctx.Err(); err != nil {

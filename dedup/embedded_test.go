@@ -19,6 +19,10 @@ func TestEmbeddedCommitSurvivesReopen(t *testing.T) {
 	mustCommit(t, e, k, c.Token, "pec-1", longWindow)
 	inFlight := newKey("in flight")
 	mustClaim(t, e, inFlight, longLease, New)
+	remembered := newKey("remembered")
+	if err := e.Remember(context.Background(), remembered.ID(), remembered.Fingerprint(), "pec-r", longWindow); err != nil {
+		t.Fatal(err)
+	}
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -26,6 +30,9 @@ func TestEmbeddedCommitSurvivesReopen(t *testing.T) {
 	e2 := openTestEmbedded(t, dir)
 	if d := mustClaim(t, e2, k, longLease, Duplicate); d.PECID != "pec-1" {
 		t.Errorf("PECID after reopen = %q, want pec-1", d.PECID)
+	}
+	if d := mustClaim(t, e2, remembered, longLease, Duplicate); d.PECID != "pec-r" {
+		t.Errorf("remembered PECID after reopen = %q, want pec-r", d.PECID)
 	}
 	// Leases do not survive a restart.
 	mustClaim(t, e2, inFlight, longLease, New)

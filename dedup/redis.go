@@ -69,8 +69,12 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 }
 
 func redisKeys(k Key) []string {
-	base := redisPrefix + "{" + k.ID() + "}:"
-	return []string{base + "lease", base + "fp:" + k.Fingerprint(), base + "any"}
+	return redisKeysOf(k.ID(), k.Fingerprint())
+}
+
+func redisKeysOf(id, fp string) []string {
+	base := redisPrefix + "{" + id + "}:"
+	return []string{base + "lease", base + "fp:" + fp, base + "any"}
 }
 
 // KEYS: lease, fp, any. ARGV: token, lease ms.
@@ -93,6 +97,16 @@ if redis.call('PTTL', KEYS[3]) < window then
 	redis.call('SET', KEYS[3], '1', 'PX', window)
 end
 if cur then redis.call('DEL', KEYS[1]) end
+return 1
+`)
+
+// KEYS: fp, any. ARGV: PEC id, window ms.
+var rememberScript = redis.NewScript(`
+local window = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', window)
+if redis.call('PTTL', KEYS[2]) < window then
+	redis.call('SET', KEYS[2], '1', 'PX', window)
+end
 return 1
 `)
 
@@ -144,6 +158,20 @@ func (r *Redis) Commit(ctx context.Context, k Key, token, pecID string, window t
 	}
 	if n != 1 {
 		return ErrNotOwner
+	}
+	return nil
+}
+
+// Remember implements Store: the commit script's writes without the lease
+// check; a lease on the ID is left alone. Durable as Commit is.
+func (r *Redis) Remember(ctx context.Context, id, fingerprint, pecID string, window time.Duration) error {
+	if id == "" || fingerprint == "" {
+		return errors.New("dedup: remember: empty id or fingerprint")
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	if err := rememberScript.Run(ctx, r.client, redisKeysOf(id, fingerprint)[1:], pecID, millis(window)).Err(); err != nil {
+		return redisErr("remember", err)
 	}
 	return nil
 }

@@ -154,6 +154,17 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 		return nil, err
 	}
 	s.dedup = store
+	// Transactions a crash left half done, before any client can retry.
+	rep, err := gateway.Reconcile(context.Background(), lo.Dir, s.txlog, store, outbound, cfg.Dedup.Window, time.Now())
+	if err != nil {
+		s.closeAll()
+		return nil, err
+	}
+	if rep.Incomplete > 0 {
+		logger.Warn("incomplete transactions reconciled", zap.String("event", "log.reconciled"),
+			zap.Int("incomplete", rep.Incomplete), zap.Int("found", rep.Found),
+			zap.Int("not_found", rep.NotFound), zap.Int("unknown", rep.Unknown))
+	}
 	acceptor := &gateway.Acceptor{
 		Dedup:         store,
 		DedupWindow:   cfg.Dedup.Window,
