@@ -162,21 +162,19 @@ func (a *Acceptor) duplicate(ctx context.Context, s *Submission, tx pec.Transact
 
 func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction, d *dedupTx) (o *Outcome, err error) {
 	// Until the envelope is out, a failure frees the claim so the retry
-	// proceeds as new; once it is out, the claim is committed whatever
-	// follows, so a retry never makes a second envelope (invariant 3).
-	envelopeOut := false
+	// proceeds as new; the moment it is out, the claim is committed,
+	// before anything else can fail or the process die, so a retry never
+	// makes a second envelope (invariant 3). A crash between the hand-off
+	// and the commit leaves a busta-trasporto record without handed-off:
+	// Reconcile finds the envelope and commits the key at the next start.
+	envelopeOut, commitFailed := false, false
 	if d != nil {
 		defer func() {
-			if envelopeOut {
-				// The message is certified either way: a failed commit
-				// is reported for the operator, not to the client.
-				cerr := a.Dedup.Commit(context.WithoutCancel(ctx), d.key, d.token, tx.ID, durationOr(a.DedupWindow, 7*24*time.Hour))
-				if cerr != nil && o != nil {
-					o.DedupSkipped = true
-				}
-				return
+			if !envelopeOut {
+				_ = a.Dedup.Release(context.WithoutCancel(ctx), d.key, d.token)
+			} else if commitFailed && o != nil {
+				o.DedupSkipped = true // reported to the operator, not to the client
 			}
-			_ = a.Dedup.Release(context.WithoutCancel(ctx), d.key, d.token)
 		}()
 	}
 	envelope, envData, err := a.buildSigned(tx, pec.BuildEnvelope)
@@ -213,6 +211,11 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 		return nil, a.abort(s, tx, "transport envelope not handed off", err)
 	}
 	envelopeOut = true
+	if d != nil {
+		if err := a.Dedup.Commit(context.WithoutCancel(ctx), d.key, d.token, tx.ID, durationOr(a.DedupWindow, 7*24*time.Hour)); err != nil {
+			commitFailed = true
+		}
+	}
 	if err := a.Mailboxes.Deliver(ctx, deliveryMessage(receipt, receiptData)); err != nil {
 		return nil, a.abort(s, tx, "transport envelope handed off, acceptance receipt not delivered", err)
 	}
