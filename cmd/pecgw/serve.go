@@ -165,6 +165,14 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 			zap.Int("incomplete", rep.Incomplete), zap.Int("found", rep.Found),
 			zap.Int("not_found", rep.NotFound), zap.Int("unknown", rep.Unknown))
 	}
+	if cfg.Delivery.Mode != "smtp" {
+		// Files a crash left in the maildirs' tmp/: never delivered.
+		if n, err := delivery.NewLocal(cfg.Delivery.Maildir).CleanTmp(delivery.StaleTmp, time.Now()); err != nil {
+			logger.Warn("maildir tmp not cleaned", zap.String("event", "delivery.warning"), zap.Error(err))
+		} else if n > 0 {
+			logger.Info("stale maildir tmp files removed", zap.String("event", "delivery.cleaned"), zap.Int("files", n))
+		}
+	}
 	acceptor := &gateway.Acceptor{
 		Dedup:         store,
 		DedupWindow:   cfg.Dedup.Window,
