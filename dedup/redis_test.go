@@ -12,16 +12,9 @@ import (
 )
 
 func TestRedisUnavailableThenBack(t *testing.T) {
-	testtool.Need(t, "redis-server")
-	dir := t.TempDir()
-	port := freePort()
-	srv, err := startRedis(dir, port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.stop)
+	srv := testtool.StartRedis(t)
 	const timeout = 300 * time.Millisecond
-	r := newTestRedis(t, srv.addr, timeout)
+	r := newTestRedis(t, srv.Addr, timeout)
 	ctx := context.Background()
 	k := newKey("body")
 	c, err := r.Claim(ctx, k, longLease)
@@ -29,7 +22,7 @@ func TestRedisUnavailableThenBack(t *testing.T) {
 		t.Fatalf("Claim = %v, %v", c.State, err)
 	}
 
-	srv.stop()
+	srv.Stop()
 	for _, k := range []Key{k, newKey("other")} {
 		start := time.Now()
 		_, err = r.Claim(ctx, k, longLease)
@@ -38,7 +31,10 @@ func TestRedisUnavailableThenBack(t *testing.T) {
 		if !errors.Is(err, ErrUnavailable) {
 			t.Fatalf("Claim with the server down = %v, want ErrUnavailable", err)
 		}
-		if took > timeout+200*time.Millisecond {
+		// Not a speed target: the call must come back instead of hanging
+		// a session (the bound is far above the timeout, so load cannot
+		// make it flaky).
+		if took > 5*time.Second {
 			t.Errorf("Claim with the server down took %v, timeout %v", took, timeout)
 		}
 	}
@@ -49,11 +45,9 @@ func TestRedisUnavailableThenBack(t *testing.T) {
 		t.Errorf("CheckEviction with the server down = %v, want ErrUnavailable", err)
 	}
 
-	srv2, err := startRedis(dir, port)
-	if err != nil {
+	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(srv2.stop)
 	// The restarted server has no data (no persistence): the key is new.
 	k2 := newKey("after")
 	c2, err := r.Claim(ctx, k2, longLease)

@@ -189,17 +189,7 @@ func TestCrashUnderLoad(t *testing.T) {
 		queryProcs = 8
 	)
 	bin := pecgwBinary(t)
-	dir := filepath.Join(t.TempDir(), "data")
-	sub, smtps := freeAddr(t), freeAddr(t)
-	if code, out, errOut := runBin(t, "", "init", "--dir", dir, "--domain", domain, "--provider-name", "Crash PEC S.p.A.",
-		"--submission-addr", sub, "--smtps-addr", smtps); code != 0 {
-		t.Fatalf("pecgw init: exit %d\n%s%s", code, out, errOut)
-	}
-	cfg := filepath.Join(dir, "pecgw.toml")
-	caFile := filepath.Join(dir, "pki", "ca.pem")
-	if code, out, errOut := runBin(t, pwd+"\n", "user", "add", user, "--config", cfg, "--password-stdin"); code != 0 {
-		t.Fatalf("pecgw user add: exit %d\n%s%s", code, out, errOut)
-	}
+	dir, cfg, caFile, sub, smtps := setUpBinary(t, domain, "Crash PEC S.p.A.", user, pwd)
 	// user add writes an argon2id hash (64 MiB, t=3): with four clients
 	// on a small CI machine an AUTH takes 400-700 ms, longer than most
 	// gaps between two kills, so hardly a submission would finish under

@@ -285,17 +285,7 @@ func TestEndToEndBinary(t *testing.T) {
 	rcpts := []string{"anna.bianchi@pec.example.it", "luca.verdi@example.com"}
 
 	// 1. init and user add, as an operator runs them.
-	dir := filepath.Join(t.TempDir(), "data")
-	sub, smtps := freeAddr(t), freeAddr(t)
-	if code, out, errOut := runBin(t, "", "init", "--dir", dir, "--domain", domain, "--provider-name", "Example PEC S.p.A.",
-		"--submission-addr", sub, "--smtps-addr", smtps); code != 0 {
-		t.Fatalf("pecgw init: exit %d\n%s%s", code, out, errOut)
-	}
-	cfg := filepath.Join(dir, "pecgw.toml")
-	caFile := filepath.Join(dir, "pki", "ca.pem")
-	if code, out, errOut := runBin(t, marioPwd+"\n", "user", "add", mario, "--config", cfg, "--password-stdin"); code != 0 {
-		t.Fatalf("pecgw user add: exit %d\n%s%s", code, out, errOut)
-	}
+	dir, cfg, caFile, sub, smtps := setUpBinary(t, domain, "Example PEC S.p.A.", mario, marioPwd)
 
 	// 2. serve in the background until both listeners answer.
 	var stderr lockedBuffer
@@ -661,4 +651,23 @@ func TestEndToEndBinary(t *testing.T) {
 			t.Errorf("a password appears in the daemon's output")
 		}
 	}
+}
+
+// setUpBinary runs pecgw init (two free loopback ports) and pecgw user
+// add with the built binary, as an operator does, and returns the data
+// folder, the configuration, the CA and the two listener addresses.
+func setUpBinary(t *testing.T, domain, provider, user, password string) (dir, cfg, caFile, sub, smtps string) {
+	t.Helper()
+	dir = filepath.Join(t.TempDir(), "data")
+	sub, smtps = freeAddr(t), freeAddr(t)
+	if code, out, errOut := runBin(t, "", "init", "--dir", dir, "--domain", domain, "--provider-name", provider,
+		"--submission-addr", sub, "--smtps-addr", smtps); code != 0 {
+		t.Fatalf("pecgw init: exit %d\n%s%s", code, out, errOut)
+	}
+	cfg = filepath.Join(dir, "pecgw.toml")
+	caFile = filepath.Join(dir, "pki", "ca.pem")
+	if code, out, errOut := runBin(t, password+"\n", "user", "add", user, "--config", cfg, "--password-stdin"); code != 0 {
+		t.Fatalf("pecgw user add: exit %d\n%s%s", code, out, errOut)
+	}
+	return dir, cfg, caFile, sub, smtps
 }

@@ -28,12 +28,20 @@ func StartRedis(t testing.TB) *Redis {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	r := &Redis{Addr: addr, dir: t.TempDir()}
-	if err := r.Start(); err != nil {
+	r, err := RunRedis(t.TempDir(), addr)
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.Stop)
 	return r
+}
+
+// RunRedis starts a redis-server on addr with its files in dir, for a
+// TestMain that shares one server across a package's tests; the caller
+// stops it.
+func RunRedis(dir, addr string) (*Redis, error) {
+	r := &Redis{Addr: addr, dir: dir}
+	return r, r.Start()
 }
 
 // Start (re)starts the server on its address and waits until it answers.
