@@ -87,6 +87,7 @@ type Limits struct {
 	AuthFailuresBeforeDelay int
 	AuthLockoutFailures     int
 	AuthLockout             time.Duration
+	MinAuthTime             time.Duration
 }
 
 // Users names the users file (gateway.LoadUsers).
@@ -131,8 +132,10 @@ type Dedup struct {
 	Store             string // "embedded" or "redis"
 	Dir               string // folder of the embedded store
 	RedisAddrs        []string
+	RedisMasterName   string // Sentinel: the monitored master's name
 	RedisPasswordFile string
 	Window            time.Duration
+	Lease             time.Duration
 	Timeout           time.Duration
 	OnError           string // "tempfail" or "accept"
 }

@@ -82,7 +82,7 @@ func TestDefaultsLoad(t *testing.T) {
 	d := Default()
 	if d.Listen.Submission != "127.0.0.1:2587" || d.Listen.SMTPS != "127.0.0.1:2465" || d.Limits.MaxRecipients != 500 ||
 		d.Limits.MaxMessageBytes != 100_000_000 || d.Limits.CommandTimeout != 5*time.Minute || d.Log.RetentionMonths != 30 ||
-		d.Dedup.Window != 168*time.Hour || d.Dedup.Timeout != 500*time.Millisecond || d.Delivery.Mode != "maildir" {
+		d.Dedup.Window != 168*time.Hour || d.Dedup.Lease != 30*time.Second || d.Limits.MinAuthTime != 300*time.Millisecond || d.Dedup.Timeout != 500*time.Millisecond || d.Delivery.Mode != "maildir" {
 		t.Errorf("unexpected defaults: %+v", d)
 	}
 }
@@ -101,13 +101,13 @@ func TestRoundTrip(t *testing.T) {
 		Directory: Directory{Domains: []string{"pec.altro.it", "città.it"}, LDIF: abs("index.ldif")},
 		Limits: Limits{MaxMessageBytes: 50_000_000, MaxSizeTimesRecipients: 60_000_000, MaxRecipients: 100, MaxConnections: 50,
 			MaxConnectionsPerIP: 5, CommandTimeout: 6 * time.Minute, DataTimeout: 90 * time.Second, AuthFailuresBeforeDelay: 2,
-			AuthLockoutFailures: 5, AuthLockout: time.Hour},
+			AuthLockoutFailures: 5, AuthLockout: time.Hour, MinAuthTime: 50 * time.Millisecond},
 		Users: Users{File: abs("u/users")},
 		Log:   Log{Dir: abs("l"), CheckpointEvery: 10, CheckpointInterval: 30 * time.Second, MaxSegmentMB: 64, RetentionMonths: 36},
 		Delivery: Delivery{Mode: "smtp", Maildir: abs("m"),
 			Envelopes: Envelopes{Address: "mta.example.it:25", TLS: "implicit", ServerName: "mta.example.it", Username: "pecgw", PasswordFile: abs("pw")},
 			Receipts:  Receipts{Protocol: "smtp", Address: "unix:" + abs("lmtp.sock")}},
-		Dedup:   Dedup{Store: "redis", Dir: abs("d"), RedisAddrs: []string{"10.0.0.1:6379", "redis.example.it:6380"}, RedisPasswordFile: abs("rpw"), Window: 24 * time.Hour, Timeout: 2 * time.Second, OnError: "accept"},
+		Dedup:   Dedup{Store: "redis", Dir: abs("d"), RedisAddrs: []string{"10.0.0.1:6379", "redis.example.it:6380"}, RedisMasterName: "pecgw-master", RedisPasswordFile: abs("rpw"), Window: 24 * time.Hour, Lease: 10 * time.Second, Timeout: 2 * time.Second, OnError: "accept"},
 		Logging: Logging{Format: "json", Level: "debug"},
 	}
 	// Every field differs from its default, so nothing round-trips by luck.

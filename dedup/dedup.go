@@ -70,6 +70,8 @@ const (
 	Duplicate
 	// InFlight: another transaction holds a live lease on the ID; the
 	// caller should answer with a temporary failure so the client retries.
+	// When that transaction had taken a hold (Prepare), Claim.PECID names
+	// it: its envelope may be out, and only its own reconciliation can say.
 	InFlight
 	// Reused: the Message-ID was committed before with another fingerprint
 	// (other recipients or body). The caller holds the lease, proceeds as
@@ -94,7 +96,7 @@ func (s State) String() string {
 // Claim is the result of Store.Claim.
 type Claim struct {
 	State State
-	PECID string // Duplicate: the PEC identifier committed before
+	PECID string // Duplicate: the PEC identifier committed before; InFlight: the hold's, if any
 	Token string // New, Reused: the lease owner's token, for Commit or Release
 }
 
@@ -112,38 +114,68 @@ var ErrUnavailable = errors.New("dedup: store unavailable")
 // concurrent use.
 //
 // A lease is held per ID (sender and Message-ID), whatever the
-// fingerprint: two transactions for one ID never run at once.
+// fingerprint: two transactions for one ID never run at once. A
+// transaction's lease goes through two stages:
+//
+//   - the lease proper, short (30 s in the gateway) and renewed while the
+//     transaction builds, signs and logs: if the process dies it expires by
+//     itself and the client's retry proceeds;
+//   - the hold (Prepare), taken just before the transport envelope is
+//     handed off and naming its PEC identifier: from then on the outcome of
+//     the hand-off is known only to the transaction, or after a crash to the
+//     reconciliation of its own transaction log (Remember or Abandon). A
+//     hold lasts the dedup window: a retry meanwhile gets InFlight, never a
+//     second envelope (invariant 3 of ARCHITECTURE.md).
 type Store interface {
 	// Claim atomically looks the key up. A committed entry with the same
 	// fingerprint gives Duplicate and its PEC identifier. Else a live lease
-	// held by anyone gives InFlight. Else the caller gets a lease of
-	// duration lease and State New, or Reused when the ID was committed
-	// before with another fingerprint. Claim makes nothing durable: a lease
-	// is lost with the Embedded store's process, and expires by itself.
+	// or hold held by anyone gives InFlight (with the hold's PEC
+	// identifier). Else the caller gets a lease of duration lease and State
+	// New, or Reused when the ID was committed before with another
+	// fingerprint. Claim makes nothing durable: a lease is lost with the
+	// Embedded store's process, and expires by itself.
 	Claim(ctx context.Context, k Key, lease time.Duration) (Claim, error)
 
+	// Renew extends the caller's lease to lease from now. It is
+	// ErrNotOwner when the caller no longer holds it (it expired, or
+	// another caller holds it); a hold of the caller is left as it is.
+	Renew(ctx context.Context, k Key, token string, lease time.Duration) error
+
+	// Prepare turns the caller's live lease into a hold of duration hold
+	// naming pecID, just before the envelope is handed off. It is
+	// ErrNotOwner when the caller no longer holds a live lease: the
+	// transaction must then stop, as a twin may be running. When Prepare
+	// returns nil the hold is as durable as a commit.
+	Prepare(ctx context.Context, k Key, token, pecID string, hold time.Duration) error
+
 	// Commit records pecID for the key's ID and fingerprint, to be given by
-	// Claim as Duplicate until window has passed; the lease is dropped.
-	// Only the lease owner (token) may commit: if another caller holds the
-	// lease the result is ErrNotOwner and nothing changes. An owner whose
-	// lease expired may still commit as long as nobody else took it, since
-	// its envelope may already be out. When Commit returns nil the record
-	// is durable: acknowledged by Redis, fsync'd by Embedded.
+	// Claim as Duplicate until window has passed; the lease or hold is
+	// dropped. Only the owner (token) may commit: if another caller holds
+	// the lease the result is ErrNotOwner and nothing changes. An owner
+	// whose lease expired may still commit as long as nobody else took it,
+	// since its envelope may already be out. When Commit returns nil the
+	// record is durable: acknowledged by Redis, fsync'd by Embedded.
 	Commit(ctx context.Context, k Key, token, pecID string, window time.Duration) error
 
-	// Release drops the caller's lease, when the transaction failed before
-	// any hand-off, so that a retry proceeds as New (or Reused). It is a
-	// compare-and-delete: if another caller holds the lease the result is
-	// ErrNotOwner and nothing changes; if no lease is held it does nothing.
+	// Release drops the caller's lease or hold, when the transaction failed
+	// before any hand-off, so that a retry proceeds as New (or Reused). It
+	// is a compare-and-delete: if another caller holds the lease the result
+	// is ErrNotOwner and nothing changes; if no lease is held it does
+	// nothing.
 	Release(ctx context.Context, k Key, token string) error
 
 	// Remember records pecID for the ID and fingerprint given as strings
 	// (Key.ID, Key.Fingerprint, as the transaction log keeps them), as
-	// Commit does but without a lease: it is for reconciliation at start,
-	// when the transaction that held the lease is gone. A lease held on
-	// the ID is left alone. When Remember returns nil the record is
-	// durable, as for Commit.
+	// Commit does but without a lease: it is for reconciliation, when the
+	// transaction that held the lease is gone. A hold naming pecID is
+	// dropped; any other lease is left alone. When Remember returns nil the
+	// record is durable, as for Commit.
 	Remember(ctx context.Context, id, fingerprint, pecID string, window time.Duration) error
+
+	// Abandon drops a hold on id naming pecID, for reconciliation when the
+	// envelope of a transaction cut by a crash was not handed off: a retry
+	// then proceeds as new. Any other lease or hold is left alone.
+	Abandon(ctx context.Context, id, pecID string) error
 
 	// Close releases the store's resources (connections, file lock).
 	Close() error

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -209,6 +210,122 @@ var behaviour = []struct {
 			t.Error("Remember with an empty id: no error")
 		}
 	}},
+	{"RenewKeepsTheLease", func(t *testing.T, s Store) {
+		ctx := context.Background()
+		k := newKey("body")
+		c := mustClaim(t, s, k, 150*time.Millisecond, New)
+		for range 4 {
+			time.Sleep(60 * time.Millisecond)
+			if err := s.Renew(ctx, k, c.Token, 150*time.Millisecond); err != nil {
+				t.Fatalf("Renew: %v", err)
+			}
+		}
+		// 240 ms after the claim, longer than the lease: still held.
+		mustClaim(t, s, k, longLease, InFlight)
+		if err := s.Renew(ctx, k, "not-the-token", longLease); !errors.Is(err, ErrNotOwner) {
+			t.Errorf("Renew by a non-owner = %v, want ErrNotOwner", err)
+		}
+		time.Sleep(250 * time.Millisecond)
+		// Expired: the owner can no longer renew it, a retry proceeds.
+		if err := s.Renew(ctx, k, c.Token, longLease); !errors.Is(err, ErrNotOwner) {
+			t.Errorf("Renew of an expired lease = %v, want ErrNotOwner", err)
+		}
+		mustClaim(t, s, k, longLease, New)
+	}},
+	{"HoldOutlivesTheLease", func(t *testing.T, s Store) {
+		ctx := context.Background()
+		k := newKey("body")
+		c := mustClaim(t, s, k, 100*time.Millisecond, New)
+		if err := s.Prepare(ctx, k, "not-the-token", "pec-h", longWindow); !errors.Is(err, ErrNotOwner) {
+			t.Errorf("Prepare by a non-owner = %v, want ErrNotOwner", err)
+		}
+		if err := s.Prepare(ctx, k, c.Token, "pec-h", longWindow); err != nil {
+			t.Fatalf("Prepare: %v", err)
+		}
+		// Renewing a hold does not shorten it.
+		if err := s.Renew(ctx, k, c.Token, 10*time.Millisecond); err != nil {
+			t.Errorf("Renew of the owner's hold = %v, want nil", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+		// The lease would have expired; the hold has not, and names the
+		// transaction whose envelope may be out.
+		if in := mustClaim(t, s, k, longLease, InFlight); in.PECID != "pec-h" {
+			t.Errorf("InFlight PECID = %q, want pec-h", in.PECID)
+		}
+		if err := s.Release(ctx, k, "not-the-token"); !errors.Is(err, ErrNotOwner) {
+			t.Errorf("Release of the hold by a non-owner = %v, want ErrNotOwner", err)
+		}
+		mustCommit(t, s, k, c.Token, "pec-h", longWindow)
+		if d := mustClaim(t, s, k, longLease, Duplicate); d.PECID != "pec-h" {
+			t.Errorf("PECID = %q, want pec-h", d.PECID)
+		}
+	}},
+	{"PrepareNeedsALiveLease", func(t *testing.T, s Store) {
+		k := newKey("body")
+		c := mustClaim(t, s, k, 50*time.Millisecond, New)
+		time.Sleep(120 * time.Millisecond)
+		if err := s.Prepare(context.Background(), k, c.Token, "pec-1", longWindow); !errors.Is(err, ErrNotOwner) {
+			t.Errorf("Prepare after the lease expired = %v, want ErrNotOwner", err)
+		}
+		mustClaim(t, s, k, longLease, New)
+	}},
+	{"ReleaseDropsTheHold", func(t *testing.T, s Store) {
+		ctx := context.Background()
+		k := newKey("body")
+		c := mustClaim(t, s, k, longLease, New)
+		if err := s.Prepare(ctx, k, c.Token, "pec-1", longWindow); err != nil {
+			t.Fatalf("Prepare: %v", err)
+		}
+		if err := s.Release(ctx, k, c.Token); err != nil {
+			t.Fatalf("Release: %v", err)
+		}
+		mustClaim(t, s, k, longLease, New)
+	}},
+	{"ReconciliationResolvesHolds", func(t *testing.T, s Store) {
+		ctx := context.Background()
+		// The envelope was found: Remember commits and drops the hold.
+		k := newKey("body")
+		c := mustClaim(t, s, k, longLease, New)
+		if err := s.Prepare(ctx, k, c.Token, "pec-1", longWindow); err != nil {
+			t.Fatalf("Prepare: %v", err)
+		}
+		if err := s.Remember(ctx, k.ID(), k.Fingerprint(), "pec-1", longWindow); err != nil {
+			t.Fatalf("Remember: %v", err)
+		}
+		if d := mustClaim(t, s, k, longLease, Duplicate); d.PECID != "pec-1" {
+			t.Errorf("PECID = %q, want pec-1", d.PECID)
+		}
+		k2 := k
+		k2.BodyHash = sha256.Sum256([]byte("other"))
+		mustClaim(t, s, k2, longLease, Reused) // no hold left on the ID
+
+		// The envelope was not handed off: Abandon drops the hold, and
+		// only a hold naming that transaction.
+		k3 := newKey("body")
+		c3 := mustClaim(t, s, k3, longLease, New)
+		if err := s.Prepare(ctx, k3, c3.Token, "pec-3", longWindow); err != nil {
+			t.Fatalf("Prepare: %v", err)
+		}
+		if err := s.Abandon(ctx, k3.ID(), "pec-other"); err != nil {
+			t.Fatalf("Abandon: %v", err)
+		}
+		mustClaim(t, s, k3, longLease, InFlight)
+		if err := s.Remember(ctx, k3.ID(), k3.Fingerprint()+"x", "pec-other", longWindow); err != nil {
+			t.Fatalf("Remember: %v", err)
+		}
+		mustClaim(t, s, k3, longLease, InFlight) // another transaction's Remember leaves the hold
+		if err := s.Abandon(ctx, k3.ID(), "pec-3"); err != nil {
+			t.Fatalf("Abandon: %v", err)
+		}
+		mustClaim(t, s, k3, longLease, Reused)
+		// A plain lease is not a hold: Abandon leaves it.
+		k4 := newKey("body")
+		mustClaim(t, s, k4, longLease, New)
+		if err := s.Abandon(ctx, k4.ID(), "pec-4"); err != nil {
+			t.Fatalf("Abandon: %v", err)
+		}
+		mustClaim(t, s, k4, longLease, InFlight)
+	}},
 	{"ConcurrentClaimsOneWinner", func(t *testing.T, s Store) {
 		k := newKey("body")
 		const n = 20
@@ -272,25 +389,48 @@ func TestKey(t *testing.T) {
 	}
 }
 
-func BenchmarkClaimCommit(b *testing.B) {
+// BenchmarkDedupStep is the store's share of one accepted submission in
+// the gateway: Claim, Prepare (the hold before the envelope hand-off) and
+// Commit. Run in parallel too: the embedded store serialises its fsyncs.
+func BenchmarkDedupStep(b *testing.B) {
 	for _, st := range stores() {
-		b.Run(st.name, func(b *testing.B) {
-			s := st.open(b)
-			ctx := context.Background()
-			prefix := rand.Text()
-			i := 0
-			for b.Loop() {
-				k := Key{Sender: "bench@pec.example.it", MessageID: fmt.Sprintf("<%s.%d@x>", prefix, i)}
-				i++
-				c, err := s.Claim(ctx, k, longLease)
-				if err != nil || c.State != New {
-					b.Fatalf("Claim = %v, %v", c.State, err)
-				}
-				if err := s.Commit(ctx, k, c.Token, "pec", time.Minute); err != nil {
-					b.Fatal(err)
-				}
+		for _, par := range []bool{false, true} {
+			name := st.name
+			if par {
+				name += "/parallel"
 			}
-			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/op")
-		})
+			b.Run(name, func(b *testing.B) {
+				s := st.open(b)
+				prefix := rand.Text()
+				var n atomic.Int64
+				step := func() {
+					ctx := context.Background()
+					k := Key{Sender: "bench@pec.example.it", MessageID: fmt.Sprintf("<%s.%d@x>", prefix, n.Add(1))}
+					c, err := s.Claim(ctx, k, longLease)
+					if err != nil || c.State != New {
+						b.Fatalf("Claim = %v, %v", c.State, err)
+					}
+					if err := s.Prepare(ctx, k, c.Token, "pec", time.Minute); err != nil {
+						b.Fatal(err)
+					}
+					if err := s.Commit(ctx, k, c.Token, "pec", time.Minute); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if par {
+					b.SetParallelism(4)
+					b.RunParallel(func(pb *testing.PB) {
+						for pb.Next() {
+							step()
+						}
+					})
+				} else {
+					for b.Loop() {
+						step()
+					}
+				}
+				b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/msg")
+			})
+		}
 	}
 }

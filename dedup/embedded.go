@@ -48,6 +48,7 @@ type Embedded struct {
 type embEntry struct {
 	token      string // lease owner; "" when no lease
 	leaseUntil time.Time
+	hold       string               // the PEC id when the lease is a hold (Prepare)
 	commits    map[string]embCommit // by Key.Fingerprint
 }
 
@@ -213,7 +214,7 @@ func (e *Embedded) lookup(id string, now time.Time) *embEntry {
 		return nil
 	}
 	if en.token != "" && !now.Before(en.leaseUntil) {
-		en.token = ""
+		en.token, en.hold = "", ""
 	}
 	for fp, c := range en.commits {
 		if !now.Before(c.exp) {
@@ -294,7 +295,7 @@ func (e *Embedded) Claim(ctx context.Context, k Key, lease time.Duration) (Claim
 			return Claim{State: Duplicate, PECID: c.pecID}, nil
 		}
 		if en.token != "" {
-			return Claim{State: InFlight}, nil
+			return Claim{State: InFlight, PECID: en.hold}, nil
 		}
 	}
 	state := New
@@ -329,13 +330,73 @@ func (e *Embedded) Commit(ctx context.Context, k Key, token, pecID string, windo
 		return err
 	}
 	en = e.entry(id)
-	en.token = ""
+	en.token, en.hold = "", ""
 	en.commits[fp] = embCommit{pecID: pecID, exp: exp}
 	return nil
 }
 
-// Remember implements Store: a journalled commit that neither needs nor
-// touches a lease.
+// Renew implements Store.
+func (e *Embedded) Renew(ctx context.Context, k Key, token string, lease time.Duration) error {
+	return e.owned(ctx, k, token, func(en *embEntry, now time.Time) {
+		if en.hold == "" {
+			en.leaseUntil = now.Add(lease)
+		}
+	})
+}
+
+// Prepare implements Store. A hold, as a lease, lives in memory: after a
+// restart of the one process that could hold it, reconciliation of the
+// transaction log decides (gateway.Reconcile).
+func (e *Embedded) Prepare(ctx context.Context, k Key, token, pecID string, hold time.Duration) error {
+	return e.owned(ctx, k, token, func(en *embEntry, now time.Time) {
+		en.hold, en.leaseUntil = pecID, now.Add(hold)
+	})
+}
+
+// owned runs f on the entry of k under the mutex when token holds its
+// live lease or hold, and is ErrNotOwner otherwise.
+func (e *Embedded) owned(ctx context.Context, k Key, token string, f func(*embEntry, time.Time)) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	id := k.ID()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.usable(); err != nil {
+		return err
+	}
+	now := time.Now()
+	en := e.lookup(id, now)
+	if en == nil || en.token == "" || en.token != token {
+		return ErrNotOwner
+	}
+	f(en, now)
+	return nil
+}
+
+// Abandon implements Store.
+func (e *Embedded) Abandon(ctx context.Context, id, pecID string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if id == "" || pecID == "" {
+		return errors.New("dedup: abandon: empty id or PEC identifier")
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.usable(); err != nil {
+		return err
+	}
+	now := time.Now()
+	if en := e.lookup(id, now); en != nil && en.hold == pecID {
+		en.token, en.hold = "", ""
+		e.lookup(id, now)
+	}
+	return nil
+}
+
+// Remember implements Store: a journalled commit that needs no lease; it
+// drops a hold naming pecID.
 func (e *Embedded) Remember(ctx context.Context, id, fingerprint, pecID string, window time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -352,7 +413,11 @@ func (e *Embedded) Remember(ctx context.Context, id, fingerprint, pecID string, 
 	if err := e.appendJournal(journalLine(journalRecord{ID: id, FP: fingerprint, PEC: pecID, Exp: exp.UnixNano()})); err != nil {
 		return err
 	}
-	e.entry(id).commits[fingerprint] = embCommit{pecID: pecID, exp: exp}
+	en := e.entry(id)
+	en.commits[fingerprint] = embCommit{pecID: pecID, exp: exp}
+	if pecID != "" && en.hold == pecID {
+		en.token, en.hold = "", ""
+	}
 	return nil
 }
 
@@ -374,7 +439,7 @@ func (e *Embedded) Release(ctx context.Context, k Key, token string) error {
 	if en.token != token {
 		return ErrNotOwner
 	}
-	en.token = ""
+	en.token, en.hold = "", ""
 	e.lookup(id, time.Now())
 	return nil
 }

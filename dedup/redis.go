@@ -31,7 +31,8 @@ type RedisOptions struct {
 //
 // Keys, all of one ID in one Cluster hash slot thanks to the {id} tag:
 //
-//	pecgw:dedup:{id}:lease    the lease owner's token, expiring with the lease
+//	pecgw:dedup:{id}:lease    the lease owner's token, expiring with the lease;
+//	                          a hold is "P <token> <PEC id>", expiring with the window
 //	pecgw:dedup:{id}:fp:<fp>  a committed PEC identifier, expiring with the window
 //	pecgw:dedup:{id}:any      present while any fingerprint of id is committed
 //
@@ -77,20 +78,56 @@ func redisKeysOf(id, fp string) []string {
 	return []string{base + "lease", base + "fp:" + fp, base + "any"}
 }
 
+// Lua helper shared by the scripts: owns(cur, token) tells whether the
+// lease value cur (a token, or a hold "P <token> <PEC id>") is token's;
+// held(cur) returns the PEC id of a hold, or nil.
+const luaLease = `
+local function owns(cur, token)
+	if not cur then return false end
+	if cur == token then return true end
+	return string.sub(cur, 1, #token + 3) == 'P ' .. token .. ' '
+end
+local function held(cur)
+	if not cur then return nil end
+	return string.match(cur, '^P %S+ (.+)$')
+end
+`
+
 // KEYS: lease, fp, any. ARGV: token, lease ms.
-var claimScript = redis.NewScript(`
+var claimScript = redis.NewScript(luaLease + `
 local pec = redis.call('GET', KEYS[2])
 if pec then return {'D', pec} end
-if redis.call('EXISTS', KEYS[1]) == 1 then return {'I', ''} end
+local cur = redis.call('GET', KEYS[1])
+if cur then return {'I', held(cur) or ''} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if redis.call('EXISTS', KEYS[3]) == 1 then return {'R', ''} end
 return {'N', ''}
 `)
 
-// KEYS: lease, fp, any. ARGV: token, PEC id, window ms.
-var commitScript = redis.NewScript(`
+// KEYS: lease. ARGV: token, lease ms.
+var renewScript = redis.NewScript(luaLease + `
 local cur = redis.call('GET', KEYS[1])
-if cur and cur ~= ARGV[1] then return 0 end
+if cur == ARGV[1] then
+	redis.call('PEXPIRE', KEYS[1], ARGV[2])
+	return 1
+end
+if owns(cur, ARGV[1]) then return 1 end
+return 0
+`)
+
+// KEYS: lease. ARGV: token, PEC id, hold ms.
+var prepareScript = redis.NewScript(luaLease + `
+local cur = redis.call('GET', KEYS[1])
+local hold = 'P ' .. ARGV[1] .. ' ' .. ARGV[2]
+if cur ~= ARGV[1] and cur ~= hold then return 0 end
+redis.call('SET', KEYS[1], hold, 'PX', ARGV[3])
+return 1
+`)
+
+// KEYS: lease, fp, any. ARGV: token, PEC id, window ms.
+var commitScript = redis.NewScript(luaLease + `
+local cur = redis.call('GET', KEYS[1])
+if cur and not owns(cur, ARGV[1]) then return 0 end
 local window = tonumber(ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', window)
 if redis.call('PTTL', KEYS[3]) < window then
@@ -100,21 +137,28 @@ if cur then redis.call('DEL', KEYS[1]) end
 return 1
 `)
 
-// KEYS: fp, any. ARGV: PEC id, window ms.
-var rememberScript = redis.NewScript(`
+// KEYS: lease, fp, any. ARGV: PEC id, window ms.
+var rememberScript = redis.NewScript(luaLease + `
 local window = tonumber(ARGV[2])
-redis.call('SET', KEYS[1], ARGV[1], 'PX', window)
-if redis.call('PTTL', KEYS[2]) < window then
-	redis.call('SET', KEYS[2], '1', 'PX', window)
+redis.call('SET', KEYS[2], ARGV[1], 'PX', window)
+if redis.call('PTTL', KEYS[3]) < window then
+	redis.call('SET', KEYS[3], '1', 'PX', window)
 end
+if held(redis.call('GET', KEYS[1])) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+`)
+
+// KEYS: lease. ARGV: PEC id.
+var abandonScript = redis.NewScript(luaLease + `
+if held(redis.call('GET', KEYS[1])) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 `)
 
 // KEYS: lease. ARGV: token.
-var releaseScript = redis.NewScript(`
+var releaseScript = redis.NewScript(luaLease + `
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 1 end
-if cur ~= ARGV[1] then return 0 end
+if not owns(cur, ARGV[1]) then return 0 end
 redis.call('DEL', KEYS[1])
 return 1
 `)
@@ -138,7 +182,7 @@ func (r *Redis) Claim(ctx context.Context, k Key, lease time.Duration) (Claim, e
 	case "D":
 		return Claim{State: Duplicate, PECID: res[1]}, nil
 	case "I":
-		return Claim{State: InFlight}, nil
+		return Claim{State: InFlight, PECID: res[1]}, nil
 	case "R":
 		return Claim{State: Reused, Token: token}, nil
 	case "N":
@@ -150,11 +194,26 @@ func (r *Redis) Claim(ctx context.Context, k Key, lease time.Duration) (Claim, e
 // Commit implements Store. Durable means acknowledged by the master: with
 // replicas, a failover right after may lose it (see WAIT).
 func (r *Redis) Commit(ctx context.Context, k Key, token, pecID string, window time.Duration) error {
+	return r.ownerScript(ctx, "commit", commitScript, redisKeys(k), token, pecID, millis(window))
+}
+
+// Renew implements Store.
+func (r *Redis) Renew(ctx context.Context, k Key, token string, lease time.Duration) error {
+	return r.ownerScript(ctx, "renew", renewScript, redisKeys(k)[:1], token, millis(lease))
+}
+
+// Prepare implements Store. Durable as Commit is.
+func (r *Redis) Prepare(ctx context.Context, k Key, token, pecID string, hold time.Duration) error {
+	return r.ownerScript(ctx, "prepare", prepareScript, redisKeys(k)[:1], token, pecID, millis(hold))
+}
+
+// ownerScript runs a script answering 1 (done) or 0 (ErrNotOwner).
+func (r *Redis) ownerScript(ctx context.Context, op string, s *redis.Script, keys []string, args ...any) error {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	n, err := commitScript.Run(ctx, r.client, redisKeys(k), token, pecID, millis(window)).Int()
+	n, err := s.Run(ctx, r.client, keys, args...).Int()
 	if err != nil {
-		return redisErr("commit", err)
+		return redisErr(op, err)
 	}
 	if n != 1 {
 		return ErrNotOwner
@@ -163,31 +222,37 @@ func (r *Redis) Commit(ctx context.Context, k Key, token, pecID string, window t
 }
 
 // Remember implements Store: the commit script's writes without the lease
-// check; a lease on the ID is left alone. Durable as Commit is.
+// check; a hold naming pecID is dropped, any other lease left alone.
+// Durable as Commit is.
 func (r *Redis) Remember(ctx context.Context, id, fingerprint, pecID string, window time.Duration) error {
 	if id == "" || fingerprint == "" {
 		return errors.New("dedup: remember: empty id or fingerprint")
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	if err := rememberScript.Run(ctx, r.client, redisKeysOf(id, fingerprint)[1:], pecID, millis(window)).Err(); err != nil {
+	if err := rememberScript.Run(ctx, r.client, redisKeysOf(id, fingerprint), pecID, millis(window)).Err(); err != nil {
 		return redisErr("remember", err)
+	}
+	return nil
+}
+
+// Abandon implements Store.
+func (r *Redis) Abandon(ctx context.Context, id, pecID string) error {
+	if id == "" || pecID == "" {
+		return errors.New("dedup: abandon: empty id or PEC identifier")
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	// The fingerprint is not needed: only the lease key is touched.
+	if err := abandonScript.Run(ctx, r.client, redisKeysOf(id, "-")[:1], pecID).Err(); err != nil {
+		return redisErr("abandon", err)
 	}
 	return nil
 }
 
 // Release implements Store.
 func (r *Redis) Release(ctx context.Context, k Key, token string) error {
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	n, err := releaseScript.Run(ctx, r.client, redisKeys(k)[:1], token).Int()
-	if err != nil {
-		return redisErr("release", err)
-	}
-	if n != 1 {
-		return ErrNotOwner
-	}
-	return nil
+	return r.ownerScript(ctx, "release", releaseScript, redisKeys(k)[:1], token)
 }
 
 // Close implements Store.

@@ -46,8 +46,14 @@ type Acceptor struct {
 	// original PEC identifier (ARCHITECTURE.md invariant 3); nil: none.
 	Dedup dedup.Store
 	// DedupWindow is how long an accepted submission is remembered
-	// (default 7 days); DedupLease how long a claim holds while its
-	// transaction runs (default 10 minutes: longer than any hand-off).
+	// (default 7 days); DedupLease how long a claim lasts unless renewed
+	// (default 30 s; it is renewed every third of it while the transaction
+	// builds, signs and logs). A process that dies leaves a lease that
+	// expires by itself, so the client's retry proceeds after at most
+	// DedupLease. Just before the envelope is handed off the lease becomes
+	// a hold (dedup.Store.Prepare) that lasts the window: after a crash,
+	// only the reconciliation of this instance's log can say whether the
+	// envelope went out.
 	DedupWindow, DedupLease time.Duration
 	// DedupFailOpen proceeds without deduplication when the store is
 	// unavailable (config dedup.on_error = "accept"); otherwise the client
@@ -56,8 +62,28 @@ type Acceptor struct {
 }
 
 // ErrInFlight is returned while a twin of the submission is being
-// processed (on this or another instance): the client retries later.
+// processed (on this or another instance): the client retries later. The
+// error is an *InFlightError.
 var ErrInFlight = errors.New("the same submission is being processed")
+
+// InFlightError is ErrInFlight with the transaction holding the key.
+type InFlightError struct {
+	// Hold is the PEC identifier of a twin whose envelope was about to be
+	// handed off (dedup.Store.Prepare), "" for a twin still before it. A
+	// hold that lasts means a crashed instance whose log is not yet
+	// reconciled: its restart decides.
+	Hold string
+}
+
+func (e *InFlightError) Error() string {
+	if e.Hold != "" {
+		return ErrInFlight.Error() + " (held by " + e.Hold + ")"
+	}
+	return ErrInFlight.Error()
+}
+
+// Is makes errors.Is(err, ErrInFlight) true.
+func (e *InFlightError) Is(target error) bool { return target == ErrInFlight }
 
 // Submission is one message received by the SMTP session.
 type Submission struct {
@@ -106,8 +132,8 @@ func (a *Acceptor) Process(ctx context.Context, s *Submission) (*Outcome, error)
 	if a.Dedup == nil || sub.MessageID == "" {
 		return a.accept(ctx, s, tx, nil)
 	}
-	d := &dedupTx{key: dedupKey(s, sub)}
-	c, err := a.Dedup.Claim(ctx, d.key, durationOr(a.DedupLease, 10*time.Minute))
+	d := &dedupTx{key: dedupKey(s, sub), lease: durationOr(a.DedupLease, 30*time.Second)}
+	c, err := a.Dedup.Claim(ctx, d.key, d.lease)
 	switch {
 	case err != nil && errors.Is(err, dedup.ErrUnavailable) && a.DedupFailOpen:
 		o, err := a.accept(ctx, s, tx, nil)
@@ -118,7 +144,7 @@ func (a *Acceptor) Process(ctx context.Context, s *Submission) (*Outcome, error)
 	case err != nil:
 		return nil, fmt.Errorf("dedup: %w", err)
 	case c.State == dedup.InFlight:
-		return nil, ErrInFlight
+		return nil, &InFlightError{Hold: c.PECID}
 	case c.State == dedup.Duplicate:
 		return a.duplicate(ctx, s, tx, c.PECID)
 	}
@@ -130,7 +156,50 @@ func (a *Acceptor) Process(ctx context.Context, s *Submission) (*Outcome, error)
 type dedupTx struct {
 	key    dedup.Key
 	token  string
+	lease  time.Duration
 	reused bool // the Message-ID was accepted before with other content
+}
+
+// keepLease renews d's lease every third of its duration until stop is
+// called (before the hold is taken) or the lease is lost. Renewal only
+// spares a slow transaction a needless abort: whether the transaction may
+// hand its envelope off is decided by Prepare, atomically.
+func (a *Acceptor) keepLease(ctx context.Context, d *dedupTx) (stop func()) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(max(d.lease/3, time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := a.Dedup.Renew(ctx, d.key, d.token, d.lease); errors.Is(err, dedup.ErrNotOwner) {
+					return
+				}
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// commitLater retries a dedup commit that failed after the envelope went
+// out (the store was unreachable for a moment): until it succeeds the key
+// stays held, and a retry of the submission gets 451 rather than a second
+// envelope. It gives up after an hour or on an error other than
+// unavailability; the hold then lasts the window, and the operator has
+// the pec.error events.
+func (a *Acceptor) commitLater(d *dedupTx, pecID string, window time.Duration) {
+	deadline := time.Now().Add(time.Hour)
+	for wait := time.Second; time.Now().Before(deadline); wait = min(2*wait, 30*time.Second) {
+		time.Sleep(wait)
+		err := a.Dedup.Commit(context.Background(), d.key, d.token, pecID, window)
+		if err == nil || !errors.Is(err, dedup.ErrUnavailable) {
+			return
+		}
+	}
 }
 
 // dedupKey: the authenticated sender, the client's Message-ID, the
@@ -168,8 +237,11 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 	// and the commit leaves a busta-trasporto record without handed-off:
 	// Reconcile finds the envelope and commits the key at the next start.
 	envelopeOut, commitFailed := false, false
+	stopRenewal := func() {}
 	if d != nil {
+		stopRenewal = a.keepLease(ctx, d)
 		defer func() {
+			stopRenewal()
 			if !envelopeOut {
 				_ = a.Dedup.Release(context.WithoutCancel(ctx), d.key, d.token)
 			} else if commitFailed && o != nil {
@@ -204,6 +276,20 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 	if _, _, err := a.Log.Append(ctx, &acc); err != nil {
 		return nil, fmt.Errorf("log the acceptance: %w", err)
 	}
+	// From here the outcome of the hand-off must survive this process:
+	// the lease becomes a hold naming this transaction, which a crash
+	// leaves for Reconcile (invariant 3). Taken after the write-ahead
+	// records, so that every hold has a record that resolves it.
+	window := durationOr(a.DedupWindow, 7*24*time.Hour)
+	if d != nil {
+		stopRenewal()
+		if err := a.Dedup.Prepare(context.WithoutCancel(ctx), d.key, d.token, tx.ID, window); err != nil {
+			if !errors.Is(err, dedup.ErrUnavailable) || !a.DedupFailOpen {
+				return nil, a.abort(s, tx, "dedup hold not taken, transport envelope not handed off", err)
+			}
+			commitFailed = true // on_error = accept: certified without deduplication
+		}
+	}
 	// The envelope goes first: a receipt must never certify a message
 	// that was not sent; a sent message whose receipt is lost is proved
 	// by the log (RFC 6109 §2.3).
@@ -211,9 +297,12 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 		return nil, a.abort(s, tx, "transport envelope not handed off", err)
 	}
 	envelopeOut = true
-	if d != nil {
-		if err := a.Dedup.Commit(context.WithoutCancel(ctx), d.key, d.token, tx.ID, durationOr(a.DedupWindow, 7*24*time.Hour)); err != nil {
+	if d != nil && !commitFailed {
+		if err := a.Dedup.Commit(context.WithoutCancel(ctx), d.key, d.token, tx.ID, window); err != nil {
 			commitFailed = true
+			if errors.Is(err, dedup.ErrUnavailable) {
+				go a.commitLater(d, tx.ID, window)
+			}
 		}
 	}
 	if err := a.Mailboxes.Deliver(ctx, deliveryMessage(receipt, receiptData)); err != nil {

@@ -116,3 +116,98 @@ func TestRedisDownTempfails(t *testing.T) {
 		}
 	}
 }
+
+// TestCrashedHoldBlocksOtherInstances: instance A dies with its dedup
+// hold taken in the shared Redis (just before or just after the envelope
+// hand-off). Instance B, receiving the client's retry, cannot know whether
+// the envelope went out: it answers 451 and names the held transaction,
+// however long the lease would have been. A's restart reconciles its log
+// and resolves the hold: the envelope was out → B answers the retry as a
+// duplicate with A's identifier; it was not → B certifies it as new.
+// Either way one envelope in all (invariant 3 of ARCHITECTURE.md).
+func TestCrashedHoldBlocksOtherInstances(t *testing.T) {
+	r := testtool.StartRedis(t)
+	for _, tc := range []struct {
+		name   string
+		before bool // killed as the envelope hand-off starts
+	}{{"envelope out", false}, {"envelope not out", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := newRedisNode(t, r.Addr), newRedisNode(t, r.Addr)
+			a.a.DedupLease, b.a.DedupLease = 100*time.Millisecond, 100*time.Millisecond
+			// One Redis for both subtests: each its own message.
+			msg := goodMessage[:len(goodMessage)-len("ciao\r\n")] + tc.name + "\r\n"
+			retry := func() *Submission { return submission(msg, "anna@pec.altro.it", "luca@example.com") }
+			a.crashAt(t, retry(), true, tc.before)
+			held := a.lastBusta(t).PECID
+			time.Sleep(300 * time.Millisecond) // longer than the lease
+			_, err := b.a.Process(context.Background(), retry())
+			var ife *InFlightError
+			if !errors.As(err, &ife) || ife.Hold != held {
+				t.Fatalf("retry on B before A's restart: %v; want in flight, held by %s", err, held)
+			}
+			rep := a.restart(t, nil)
+			if rep.Incomplete != 1 {
+				t.Fatalf("A's reconciliation: %+v", rep)
+			}
+			o, err := b.a.Process(context.Background(), retry())
+			if err != nil {
+				t.Fatalf("retry on B after A's restart: %v", err)
+			}
+			envelopes := a.envelopes(t) + b.envelopes(t)
+			if tc.before {
+				if o.Duplicate || o.ID == held {
+					t.Errorf("retry: %+v; want a new certification", o)
+				}
+			} else if !o.Duplicate || o.ID != held {
+				t.Errorf("retry: %+v; want a duplicate of %s", o, held)
+			}
+			if envelopes != 1 {
+				t.Errorf("%d envelopes in all, want 1", envelopes)
+			}
+		})
+	}
+}
+
+// TestLeaseRenewedWhileSlow: a transaction that takes several times the
+// lease to build and sign keeps its claim (renewed every third of it), so
+// a twin arriving meanwhile waits and the slow one is not aborted.
+func TestLeaseRenewedWhileSlow(t *testing.T) {
+	r := testtool.StartRedis(t)
+	f, twin := newFixture(t), newFixture(t)
+	f.a.Dedup, twin.a.Dedup = redisStore(t, r.Addr), redisStore(t, r.Addr)
+	f.a.DedupLease, twin.a.DedupLease = 150*time.Millisecond, 150*time.Millisecond
+	f.a.Signer = slowSigner{f.a.Signer, 250 * time.Millisecond} // two signatures: 500 ms
+	done := make(chan error, 1)
+	var id string
+	go func() {
+		o, err := f.a.Process(context.Background(), submission(goodMessage, "anna@pec.altro.it", "luca@example.com"))
+		if err == nil {
+			id = o.ID
+		}
+		done <- err
+	}()
+	time.Sleep(400 * time.Millisecond) // well past the first lease
+	if _, err := twin.a.Process(context.Background(), submission(goodMessage, "anna@pec.altro.it", "luca@example.com")); !errors.Is(err, ErrInFlight) {
+		t.Errorf("twin during the slow transaction: %v, want in flight", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("slow transaction: %v", err)
+	}
+	o, err := twin.a.Process(context.Background(), submission(goodMessage, "anna@pec.altro.it", "luca@example.com"))
+	if err != nil || !o.Duplicate || o.ID != id {
+		t.Fatalf("twin after: %+v, %v; want a duplicate of %s", o, err, id)
+	}
+	if n := len(f.out.got) + len(twin.out.got); n != 1 {
+		t.Errorf("%d envelopes", n)
+	}
+}
+
+type slowSigner struct {
+	s     Signer
+	delay time.Duration
+}
+
+func (s slowSigner) Sign(content []byte, at time.Time) ([]byte, error) {
+	time.Sleep(s.delay)
+	return s.s.Sign(content, at)
+}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -147,6 +149,58 @@ func TestNoMessageIDNoDedup(t *testing.T) {
 		}
 	}
 	if len(f.out.got) != 2 {
+		t.Errorf("%d envelopes", len(f.out.got))
+	}
+}
+
+// flakyCommits fails the first n commits as an unreachable store would.
+type flakyCommits struct {
+	dedup.Store
+	fail atomic.Int32
+}
+
+func (s *flakyCommits) Commit(ctx context.Context, k dedup.Key, token, pecID string, window time.Duration) error {
+	if s.fail.Add(-1) >= 0 {
+		return fmt.Errorf("%w: injected", dedup.ErrUnavailable)
+	}
+	return s.Store.Commit(ctx, k, token, pecID, window)
+}
+
+// TestFailedCommitIsRetried: the store fails the commit right after the
+// envelope went out. The client still gets its 250 (the envelope and the
+// receipt are out and logged); a retry meanwhile gets 451, never a second
+// envelope, as the hold still names the transaction; once the background
+// commit succeeds the retry is answered as a duplicate.
+func TestFailedCommitIsRetried(t *testing.T) {
+	f := newFixture(t)
+	st := &flakyCommits{Store: withDedup(t, f)}
+	st.fail.Store(2) // the transaction's commit and the first background try
+	f.a.Dedup = st
+	sub := func() *Submission { return submission(goodMessage, "anna@pec.altro.it", "luca@example.com") }
+	o, err := f.a.Process(context.Background(), sub())
+	if err != nil || !o.Accepted || !o.DedupSkipped {
+		t.Fatalf("first: %+v, %v; want accepted with the commit failed", o, err)
+	}
+	_, err = f.a.Process(context.Background(), sub())
+	var ife *InFlightError
+	if !errors.As(err, &ife) || ife.Hold != o.ID {
+		t.Fatalf("retry before the commit: %v; want in flight, held by %s", err, o.ID)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, err := f.a.Process(context.Background(), sub())
+		if err == nil {
+			if !r.Duplicate || r.ID != o.ID {
+				t.Fatalf("retry: %+v; want a duplicate of %s", r, o.ID)
+			}
+			break
+		}
+		if !errors.Is(err, ErrInFlight) || time.Now().After(deadline) {
+			t.Fatalf("retry: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(f.out.got) != 1 {
 		t.Errorf("%d envelopes", len(f.out.got))
 	}
 }

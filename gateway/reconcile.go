@@ -38,11 +38,12 @@ type Report struct {
 
 // Reconcile completes, at start and before any listener, the acceptance
 // transactions that a crash left half done: logged as emitted
-// (busta-trasporto) but neither handed-off nor aborted. The dedup lease
+// (busta-trasporto) but neither handed-off nor aborted. The dedup hold
 // of such a transaction is gone with the process (the embedded store
-// keeps leases in memory), so without this a client's retry of a
-// submission whose envelope went out would be certified again: a second
-// envelope (invariant 3 of ARCHITECTURE.md).
+// keeps leases in memory) or, in a shared Redis, blocks retries with 451
+// until resolved here; without this a client's retry of a submission
+// whose envelope went out would be certified again: a second envelope
+// (invariant 3 of ARCHITECTURE.md).
 //
 // It reads the records of the last window (7 days when 0; the dedup
 // window) from the log in logDir, and for each incomplete transaction:
@@ -50,8 +51,9 @@ type Report struct {
 //   - outbound is a delivery.Finder and holds the envelope: the store
 //     remembers the submission (dedup_key) with its PEC identifier and a
 //     handed-off record is appended;
-//   - outbound is a Finder without the envelope: an aborted record is
-//     appended, and a retry is certified as new;
+//   - outbound is a Finder without the envelope: the store abandons the
+//     transaction's hold, an aborted record is appended, and a retry is
+//     certified as new;
 //   - outbound cannot be searched (next-hop SMTP): the store remembers
 //     the submission and an aborted record says the outcome is unknown.
 //
@@ -116,7 +118,7 @@ func Reconcile(ctx context.Context, logDir string, log TransactionLog, store ded
 		var (
 			typ      logstore.Event
 			detail   string
-			remember bool
+			remember bool // the envelope is or may be out: a retry gets this id
 		)
 		switch {
 		case finder == nil:
@@ -145,12 +147,17 @@ func Reconcile(ctx context.Context, logDir string, log TransactionLog, store ded
 				rep.NotFound++
 			}
 		}
-		if remember && store != nil {
-			if dk, fp, ok := splitDedupKey(b.DedupKey); ok {
+		if dk, fp, ok := splitDedupKey(b.DedupKey); ok && store != nil {
+			// Either way the transaction's hold (dedup.Store.Prepare), if
+			// it took one, is resolved: a shared store's other instances
+			// answer the retry 451 until this is done.
+			if remember {
 				if err := store.Remember(ctx, dk, fp, b.PECID, window); err != nil {
 					return rep, fmt.Errorf("reconcile %s: dedup: %w", b.PECID, err)
 				}
 				rep.Remembered++
+			} else if err := store.Abandon(ctx, dk, b.PECID); err != nil {
+				return rep, fmt.Errorf("reconcile %s: dedup: %w", b.PECID, err)
 			}
 		}
 		rec := logstore.Record{

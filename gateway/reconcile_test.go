@@ -55,6 +55,13 @@ func (cs crashStore) Commit(ctx context.Context, k dedup.Key, token, pecID strin
 	return cs.Store.Commit(ctx, k, token, pecID, window)
 }
 
+func (cs crashStore) Abandon(ctx context.Context, id, pecID string) error {
+	if cs.c.dead.Load() {
+		return errCrashed
+	}
+	return cs.Store.Abandon(ctx, id, pecID)
+}
+
 func (cs crashStore) Release(ctx context.Context, k dedup.Key, token string) error {
 	if cs.c.dead.Load() {
 		return errCrashed
@@ -86,13 +93,22 @@ func (ct crashTarget) Deliver(ctx context.Context, m *delivery.Message) error {
 type node struct {
 	logDir, dedupDir, dataDir string
 	log                       *logstore.Log
-	store                     *dedup.Embedded
+	store                     dedup.Store
 	local                     *delivery.Local
 	a                         *Acceptor
+	// redisAddr: the node's store is this Redis, not an embedded store.
+	redisAddr string
 }
 
 func newNode(t *testing.T) *node {
 	n := &node{logDir: t.TempDir(), dedupDir: t.TempDir(), dataDir: t.TempDir()}
+	n.start(t)
+	return n
+}
+
+// newRedisNode is a node whose dedup store is the Redis at addr.
+func newRedisNode(t *testing.T, addr string) *node {
+	n := &node{logDir: t.TempDir(), dataDir: t.TempDir(), redisAddr: addr}
 	n.start(t)
 	return n
 }
@@ -105,7 +121,12 @@ func (n *node) start(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := dedup.OpenEmbedded(n.dedupDir)
+	var st dedup.Store
+	if n.redisAddr != "" {
+		st, err = dedup.NewRedis(dedup.RedisOptions{Addrs: []string{n.redisAddr}, Timeout: time.Second})
+	} else {
+		st, err = dedup.OpenEmbedded(n.dedupDir)
+	}
 	if err != nil {
 		l.Close()
 		t.Fatal(err)

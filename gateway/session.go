@@ -302,7 +302,14 @@ func (s *Session) Data(r io.Reader) error {
 	log := s.b.logger().With(zap.String("user", s.user), zap.String("ip", sub.ClientIP), zap.Int("size", len(sub.Raw)), zap.Int("rcpt", len(sub.Envelope.To)))
 	switch {
 	case errors.Is(err, ErrInFlight):
-		log.Info("retry while its twin is in flight", evInFlight)
+		var ife *InFlightError
+		if errors.As(err, &ife) && ife.Hold != "" {
+			// A hold that lasts is a crashed instance's transaction: its
+			// restart (Reconcile) decides; the operator should know.
+			log.Warn("retry while its twin is held before its hand-off", evInFlight, zap.String("hold", ife.Hold))
+		} else {
+			log.Info("retry while its twin is in flight", evInFlight)
+		}
 		return InternalReply(err)
 	case err != nil:
 		// The detail goes to the operator, never to the client.

@@ -176,6 +176,7 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 	acceptor := &gateway.Acceptor{
 		Dedup:         store,
 		DedupWindow:   cfg.Dedup.Window,
+		DedupLease:    cfg.Dedup.Lease,
 		DedupFailOpen: cfg.Dedup.OnError == "accept",
 		Provider:      pec.Provider{Name: cfg.Provider.Name, Domain: cfg.Provider.Domains[0]},
 		Directory:     dir,
@@ -201,6 +202,7 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 		AuthFailuresBeforeDelay: lim.AuthFailuresBeforeDelay,
 		AuthLockoutFailures:     lim.AuthLockoutFailures,
 		AuthLockout:             lim.AuthLockout,
+		MinAuthTime:             lim.MinAuthTime,
 	}
 	tlsConf := &tls.Config{
 		MinVersion:     cfg.TLSMinVersion(),
@@ -321,7 +323,7 @@ func dedupStore(cfg *config.Config, logger *zap.Logger) (dedup.Store, error) {
 		}
 		return st, nil
 	}
-	opts := dedup.RedisOptions{Addrs: d.RedisAddrs, Timeout: d.Timeout}
+	opts := dedup.RedisOptions{Addrs: d.RedisAddrs, MasterName: d.RedisMasterName, Timeout: d.Timeout}
 	if d.RedisPasswordFile != "" {
 		pw, err := os.ReadFile(d.RedisPasswordFile)
 		if err != nil {
