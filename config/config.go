@@ -108,6 +108,7 @@ type Log struct {
 type Delivery struct {
 	Mode      string // "maildir" or "smtp"
 	Maildir   string // root of <maildir>/outbound and <maildir>/mailboxes
+	Spool     string // acceptance receipts kept until handed off (delivery.Spool)
 	Envelopes Envelopes
 	Receipts  Receipts
 }
@@ -414,6 +415,8 @@ func (c *Config) CheckFiles() error {
 	if c.Delivery.Envelopes.PasswordFile != "" {
 		wants = append(wants, want{"delivery.envelopes.password_file", c.Delivery.Envelopes.PasswordFile, false})
 	}
+	// The spool folder is created, not its parents.
+	wants = append(wants, want{"delivery.spool", filepath.Dir(c.Delivery.Spool), true})
 	if c.Dedup.Store == "embedded" {
 		// The embedded store creates its own folder, not the parents.
 		wants = append(wants, want{"dedup.dir", filepath.Dir(c.Dedup.Dir), true})

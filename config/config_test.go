@@ -75,6 +75,7 @@ func TestDefaultsLoad(t *testing.T) {
 	want.Log.Dir = filepath.Join(dir, "log")
 	want.Delivery.Maildir = dir
 	want.Dedup.Dir = filepath.Join(dir, "dedup")
+	want.Delivery.Spool = filepath.Join(dir, "spool")
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Load(minimal) =\n%+v\nwant\n%+v", c, want)
 	}
@@ -104,7 +105,7 @@ func TestRoundTrip(t *testing.T) {
 			AuthLockoutFailures: 5, AuthLockout: time.Hour, MinAuthTime: 50 * time.Millisecond},
 		Users: Users{File: abs("u/users")},
 		Log:   Log{Dir: abs("l"), CheckpointEvery: 10, CheckpointInterval: 30 * time.Second, MaxSegmentMB: 64, RetentionMonths: 36},
-		Delivery: Delivery{Mode: "smtp", Maildir: abs("m"),
+		Delivery: Delivery{Mode: "smtp", Maildir: abs("m"), Spool: abs("sp"),
 			Envelopes: Envelopes{Address: "mta.example.it:25", TLS: "implicit", ServerName: "mta.example.it", Username: "pecgw", PasswordFile: abs("pw")},
 			Receipts:  Receipts{Protocol: "smtp", Address: "unix:" + abs("lmtp.sock")}},
 		Dedup:   Dedup{Store: "redis", Dir: abs("d"), RedisAddrs: []string{"10.0.0.1:6379", "redis.example.it:6380"}, RedisMasterName: "pecgw-master", RedisPasswordFile: abs("rpw"), Window: 24 * time.Hour, Lease: 10 * time.Second, Timeout: 2 * time.Second, OnError: "accept"},

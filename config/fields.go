@@ -115,6 +115,8 @@ func (c *Config) fields() []field {
 			str(&c.Delivery.Mode, "maildir"), oneOf(&c.Delivery.Mode, "maildir", "smtp")},
 		{"delivery.maildir", "mode = \"maildir\": root of <maildir>/outbound and <maildir>/mailboxes.", true,
 			str(&c.Delivery.Maildir, "."), nil},
+		{"delivery.spool", "Signed acceptance receipts kept from before the envelope hand-off until their own (created if missing; keep it on the log's volume).", true,
+			str(&c.Delivery.Spool, "spool"), required(&c.Delivery.Spool)},
 
 		{"delivery.envelopes.address", "host:port of the next hop (the provider's MTA).", false,
 			str(&c.Delivery.Envelopes.Address, ""), func() error { return hostPort(c.Delivery.Envelopes.Address, true) }},

@@ -23,6 +23,26 @@ type Finder interface {
 
 var _ Finder = (*Maildir)(nil)
 
+// MailboxFinder tells whether one recipient's mailbox holds a message:
+// the Local mailboxes can, LMTP cannot. The redelivery of a spooled
+// receipt after a crash uses it not to deliver a receipt twice.
+type MailboxFinder interface {
+	HasMessageFor(rcpt, messageID string) (bool, error)
+}
+
+var _ MailboxFinder = mailboxes{}
+
+// HasMessageFor implements MailboxFinder: Maildir.HasMessage in rcpt's
+// mailbox.
+func (mb mailboxes) HasMessageFor(rcpt, messageID string) (bool, error) {
+	box, err := mailboxFolder(rcpt)
+	if err != nil {
+		return false, fmt.Errorf("delivery: mailbox <%s>: %w", rcpt, err)
+	}
+	md := &Maildir{root: filepath.Join(mb.l.dataDir, "mailboxes", box)}
+	return md.HasMessage(messageID)
+}
+
 // maxHeaderBytes bounds how much of a file HasMessage reads: the trace
 // lines and the message header, never the body.
 const maxHeaderBytes = 256 << 10

@@ -55,6 +55,12 @@ type Acceptor struct {
 	// only the reconciliation of this instance's log can say whether the
 	// envelope went out.
 	DedupWindow, DedupLease time.Duration
+	// Receipts keeps each acceptance receipt durably from just before the
+	// envelope hand-off until its own (receipts.go): a receipt that a
+	// crash or a failed hand-off kept from the sender is delivered later,
+	// never lost. nil: none (a receipt lost so is only proved by the log).
+	Receipts ReceiptSpool
+
 	// DedupFailOpen proceeds without deduplication when the store is
 	// unavailable (config dedup.on_error = "accept"); otherwise the client
 	// gets 451 and retries later.
@@ -215,9 +221,18 @@ func durationOr(d, def time.Duration) time.Duration {
 	return def
 }
 
+// abortReceiptNotDelivered begins the Detail of the aborted record of a
+// transaction whose envelope went out and whose receipt did not.
+const abortReceiptNotDelivered = "transport envelope handed off, acceptance receipt not delivered"
+
 // duplicate answers a retry of an accepted submission: the original
-// identifier, no new envelope or receipt, a "duplicate" log record.
+// identifier, no new envelope or receipt, a "duplicate" log record. If
+// the original's receipt is still spooled, it is delivered first: no 250
+// before the receipt is out (invariant 1), 451 while it cannot be.
 func (a *Acceptor) duplicate(ctx context.Context, s *Submission, tx pec.Transaction, original string) (*Outcome, error) {
+	if _, err := a.redeliver(ctx, original, "on the client's retry at "+tx.At.Time().Format(time.RFC3339)); err != nil {
+		return nil, err
+	}
 	rec := a.record(s, tx)
 	rec.Type = logstore.EventDuplicate
 	rec.PECID = original
@@ -264,17 +279,62 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 	base.SHA256 = sum(envData)
 	base.Generated = &logstore.Generated{Envelope: envelope.MessageID, Receipt: receipt.MessageID}
 
+	// The receipt is kept until it is handed off (receipts.go); the spool
+	// file is written while the log writes its records, and both are
+	// durable before the envelope goes. A failure before the envelope is
+	// out removes it before the abort is logged: an entry never outlives
+	// a record saying its envelope stayed here.
+	receiptMsg := deliveryMessage(receipt, receiptData)
+	var spoolErr chan error
+	spooled := false
+	waitSpool := func() error {
+		if spoolErr == nil {
+			return nil
+		}
+		err := <-spoolErr
+		spoolErr = nil
+		spooled = err == nil
+		return err
+	}
+	unspool := func() {
+		if waitSpool() == nil && spooled {
+			_ = a.Receipts.Remove(tx.ID)
+			spooled = false
+		}
+	}
+	if a.Receipts != nil {
+		done := base
+		done.Type = logstore.EventHandedOff
+		e, err := spoolEntry(&done, receiptMsg)
+		if err != nil {
+			return nil, fmt.Errorf("spool the acceptance receipt: %w", err)
+		}
+		spoolErr = make(chan error, 1)
+		go func() { spoolErr <- a.Receipts.Put(e) }()
+		defer func() {
+			if !envelopeOut {
+				unspool()
+			}
+			a.Receipts.Done(tx.ID)
+		}()
+	}
+
 	// Invariant 2: nothing is handed off without a durable record that
 	// describes it. Both records are written before either hand-off.
 	busta := base
 	busta.Type = logstore.EventBustaTrasporto
 	if _, _, err := a.Log.Append(ctx, &busta); err != nil {
+		unspool()
 		return nil, fmt.Errorf("log the transport envelope: %w", err)
 	}
 	acc := base
 	acc.Type = logstore.EventAccettazione
 	if _, _, err := a.Log.Append(ctx, &acc); err != nil {
+		unspool()
 		return nil, fmt.Errorf("log the acceptance: %w", err)
+	}
+	if err := waitSpool(); err != nil {
+		return nil, a.abort(s, tx, "acceptance receipt not spooled, transport envelope not handed off", err)
 	}
 	// From here the outcome of the hand-off must survive this process:
 	// the lease becomes a hold naming this transaction, which a crash
@@ -285,6 +345,7 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 		stopRenewal()
 		if err := a.Dedup.Prepare(context.WithoutCancel(ctx), d.key, d.token, tx.ID, window); err != nil {
 			if !errors.Is(err, dedup.ErrUnavailable) || !a.DedupFailOpen {
+				unspool()
 				return nil, a.abort(s, tx, "dedup hold not taken, transport envelope not handed off", err)
 			}
 			commitFailed = true // on_error = accept: certified without deduplication
@@ -294,6 +355,7 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 	// that was not sent; a sent message whose receipt is lost is proved
 	// by the log (RFC 6109 §2.3).
 	if err := a.Outbound.Deliver(ctx, deliveryMessage(envelope, envData)); err != nil {
+		unspool()
 		return nil, a.abort(s, tx, "transport envelope not handed off", err)
 	}
 	envelopeOut = true
@@ -305,16 +367,27 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 			}
 		}
 	}
-	if err := a.Mailboxes.Deliver(ctx, deliveryMessage(receipt, receiptData)); err != nil {
-		return nil, a.abort(s, tx, "transport envelope handed off, acceptance receipt not delivered", err)
+	if err := a.Mailboxes.Deliver(ctx, receiptMsg); err != nil {
+		what := abortReceiptNotDelivered
+		if spooled {
+			// The client's retry, or the periodic redelivery, delivers
+			// it; until then the retry is answered 451.
+			if merr := a.Receipts.Mark(tx.ID, delivery.SpoolOut); merr != nil {
+				err = errors.Join(err, merr)
+			} else {
+				what += " (kept for a later delivery)"
+			}
+		}
+		return nil, a.abort(s, tx, what, err)
 	}
 	done := base
 	done.Type = logstore.EventHandedOff
 	if _, _, err := a.Log.Append(ctx, &done); err != nil {
 		// Both messages are out and both are logged as emitted: the
-		// completion record is what reconciliation (issue 5) looks for.
+		// completion record is what reconciliation looks for.
 		return nil, fmt.Errorf("log the hand-off: %w", err)
 	}
+	unspool()
 	return &Outcome{Accepted: true, ID: tx.ID, At: tx.At}, nil
 }
 

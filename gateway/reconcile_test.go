@@ -69,6 +69,34 @@ func (cs crashStore) Release(ctx context.Context, k dedup.Key, token string) err
 	return cs.Store.Release(ctx, k, token)
 }
 
+// crashSpool drops every change to the receipt spool once the process is
+// dead.
+type crashSpool struct {
+	ReceiptSpool
+	c *crashSwitch
+}
+
+func (cs crashSpool) Put(e *delivery.SpoolEntry) error {
+	if cs.c.dead.Load() {
+		return errCrashed
+	}
+	return cs.ReceiptSpool.Put(e)
+}
+
+func (cs crashSpool) Mark(id string, st delivery.SpoolState) error {
+	if cs.c.dead.Load() {
+		return errCrashed
+	}
+	return cs.ReceiptSpool.Mark(id, st)
+}
+
+func (cs crashSpool) Remove(id string) error {
+	if cs.c.dead.Load() {
+		return errCrashed
+	}
+	return cs.ReceiptSpool.Remove(id)
+}
+
 // crashTarget kills the process when a hand-off starts (before) or right
 // after it is durable (!before).
 type crashTarget struct {
@@ -94,6 +122,7 @@ type node struct {
 	logDir, dedupDir, dataDir string
 	log                       *logstore.Log
 	store                     dedup.Store
+	spool                     *delivery.Spool
 	local                     *delivery.Local
 	a                         *Acceptor
 	// redisAddr: the node's store is this Redis, not an embedded store.
@@ -114,7 +143,9 @@ func newRedisNode(t *testing.T, addr string) *node {
 }
 
 // start opens the log and the store and builds the Acceptor.
-func (n *node) start(t *testing.T) {
+func (n *node) start(t *testing.T) { t.Helper(); n.startTB(t) }
+
+func (n *node) startTB(t testing.TB) {
 	t.Helper()
 	s := testpki.Signer(t, "p256")
 	l, err := logstore.Open(logstore.Options{Dir: n.logDir, Signer: s, Provider: testpki.ProviderName, Now: func() time.Time { return fixedNow }})
@@ -132,7 +163,11 @@ func (n *node) start(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close(); st.Close() })
-	n.log, n.store, n.local = l, st, delivery.NewLocal(n.dataDir)
+	sp, err := delivery.OpenSpool(filepath.Join(n.dataDir, "spool"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.log, n.store, n.local, n.spool = l, st, delivery.NewLocal(n.dataDir), sp
 	n.a = &Acceptor{
 		Provider:  pec.Provider{Name: testpki.ProviderName, Domain: testpki.Domain},
 		Directory: pec.NewDomainDirectory([]string{testpki.Domain}, []string{"pec.altro.it"}),
@@ -141,6 +176,7 @@ func (n *node) start(t *testing.T) {
 		Outbound:  n.local.Outbound(),
 		Mailboxes: n.local.Mailboxes(),
 		Dedup:     st,
+		Receipts:  sp,
 		Now:       func() time.Time { return fixedNow },
 		Rand:      rand.Reader,
 	}
@@ -154,6 +190,7 @@ func (n *node) crashAt(t *testing.T, sub *Submission, outbound, before bool) {
 	a := *n.a
 	a.Log = crashLog{n.log, c}
 	a.Dedup = crashStore{n.store, c}
+	a.Receipts = crashSpool{n.spool, c}
 	if outbound {
 		a.Outbound = crashTarget{n.a.Outbound, c, before}
 	} else {
@@ -182,7 +219,8 @@ func (n *node) restart(t *testing.T, outbound delivery.Target) Report {
 
 func (n *node) reconcile(t *testing.T, outbound delivery.Target) Report {
 	t.Helper()
-	rep, err := Reconcile(context.Background(), n.logDir, n.log, n.store, outbound, 0, fixedNow.Add(time.Minute))
+	rep, err := Reconcile(context.Background(), ReconcileInput{LogDir: n.logDir, Log: n.log, Store: n.store,
+		Outbound: outbound, Mailboxes: n.a.Mailboxes, Receipts: n.spool, Now: fixedNow.Add(time.Minute)})
 	if err != nil {
 		t.Fatalf("Reconcile: %v", err)
 	}
@@ -280,10 +318,21 @@ func TestReconcileEnvelopeOut(t *testing.T) {
 				t.Fatalf("%d envelopes before the restart", got)
 			}
 			rep := n.restart(t, nil)
-			if rep != (Report{Incomplete: 1, Found: 1, Remembered: 1}) {
+			if rep != (Report{Incomplete: 1, Found: 1, Remembered: 1, Receipts: 1}) {
 				t.Errorf("report %+v", rep)
 			}
-			checkReconciled(t, n.records(t, b.PECID), b, logstore.EventHandedOff, reconciledFound)
+			recs := n.records(t, b.PECID)
+			checkReconciled(t, recs, b, logstore.EventHandedOff, reconciledFound)
+			// The spooled receipt, signed at the transaction's instant,
+			// reached the sender exactly once (invariant 1).
+			want := receiptRedelivered
+			if tc.name == "receipt written" {
+				want = receiptWasThere
+			}
+			if d := recs[len(recs)-1].Detail; !strings.Contains(d, want) {
+				t.Errorf("detail %q, want it to say %q", d, want)
+			}
+			n.checkReceipts(t, b, 1)
 			o, err := n.a.Process(context.Background(), retry())
 			if err != nil || !o.Duplicate || o.ID != b.PECID {
 				t.Fatalf("retry: %+v, %v; want a duplicate of %s", o, err, b.PECID)
@@ -302,10 +351,11 @@ func TestReconcileEnvelopeNotOut(t *testing.T) {
 	n.crashAt(t, retry(), true, true)
 	b := n.lastBusta(t)
 	rep := n.restart(t, nil)
-	if rep != (Report{Incomplete: 1, NotFound: 1}) {
+	if rep != (Report{Incomplete: 1, NotFound: 1, ReceiptsDropped: 1}) {
 		t.Errorf("report %+v", rep)
 	}
 	checkReconciled(t, n.records(t, b.PECID), b, logstore.EventAborted, reconciledNotFound)
+	n.checkReceipts(t, b, 0) // never certify a message that was not sent
 	o, err := n.a.Process(context.Background(), retry())
 	if err != nil || o.Duplicate || o.ID == b.PECID {
 		t.Fatalf("retry: %+v, %v; want a new certification", o, err)
@@ -323,10 +373,17 @@ func TestReconcileNextHopUnknown(t *testing.T) {
 	n.crashAt(t, retry(), true, false)
 	b := n.lastBusta(t)
 	rep := n.restart(t, &recordingTarget{})
-	if rep != (Report{Incomplete: 1, Unknown: 1, Remembered: 1}) {
+	if rep != (Report{Incomplete: 1, Unknown: 1, Remembered: 1, ReceiptsUnconfirmed: 1}) {
 		t.Errorf("report %+v", rep)
 	}
 	checkReconciled(t, n.records(t, b.PECID), b, logstore.EventAborted, reconciledUnknown)
+	// The receipt is kept for the operator, not delivered.
+	if e, err := n.spool.Get(b.PECID); err != nil || e.State != delivery.SpoolUnconfirmed {
+		t.Errorf("spool entry %+v, %v; want unconfirmed", e, err)
+	}
+	if got := n.receiptFiles(t); got != 0 {
+		t.Errorf("%d receipts delivered for an envelope of unknown fate", got)
+	}
 	o, err := n.a.Process(context.Background(), retry())
 	if err != nil || !o.Duplicate || o.ID != b.PECID {
 		t.Fatalf("retry: %+v, %v; want a duplicate of %s", o, err, b.PECID)
@@ -374,7 +431,7 @@ func TestReconcileLeavesCompleteAlone(t *testing.T) {
 	}
 	before := count()
 	completed := types(n.records(t, done.ID))
-	if rep := n.restart(t, nil); rep != (Report{Incomplete: 1, Found: 1, Remembered: 1}) {
+	if rep := n.restart(t, nil); rep != (Report{Incomplete: 1, Found: 1, Remembered: 1, Receipts: 1}) {
 		t.Errorf("first run %+v", rep)
 	}
 	if got := count(); got != before+1 {
@@ -395,12 +452,50 @@ func TestReconcileLeavesCompleteAlone(t *testing.T) {
 	}
 }
 
-// TestReconcileWindow: transactions older than the window are left alone.
+// TestReconcileWindow: transactions older than the window are left alone
+// (the log is read back one window only); a receipt still spooled for an
+// envelope that is out is delivered all the same, late rather than never.
 func TestReconcileWindow(t *testing.T) {
 	n := newNode(t)
 	n.crashAt(t, retry(), true, false)
-	rep, err := Reconcile(context.Background(), n.logDir, n.log, n.store, n.a.Outbound, time.Hour, fixedNow.Add(2*time.Hour))
-	if err != nil || rep != (Report{}) {
+	b := n.lastBusta(t)
+	rep, err := Reconcile(context.Background(), ReconcileInput{LogDir: n.logDir, Log: n.log, Store: n.store,
+		Outbound: n.a.Outbound, Mailboxes: n.a.Mailboxes, Receipts: n.spool, Window: time.Hour, Now: fixedNow.Add(2 * time.Hour)})
+	if err != nil || rep != (Report{Receipts: 1}) {
 		t.Errorf("Reconcile past the window = %+v, %v", rep, err)
+	}
+	n.checkReceipts(t, b, 1)
+}
+
+// receiptFiles counts the messages in the sender's mailbox.
+func (n *node) receiptFiles(t *testing.T) int {
+	t.Helper()
+	count := 0
+	for _, sub := range []string{"new", "cur"} {
+		entries, err := os.ReadDir(filepath.Join(n.dataDir, "mailboxes", "mario@pec.example.it", sub))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+		count += len(entries)
+	}
+	return count
+}
+
+// checkReceipts checks that the sender's mailbox holds want receipts, the
+// receipt of b among them when want > 0, and that nothing of b is left
+// in the spool.
+func (n *node) checkReceipts(t *testing.T, b *logstore.Record, want int) {
+	t.Helper()
+	if got := n.receiptFiles(t); got != want {
+		t.Errorf("%d messages in the sender's mailbox, want %d", got, want)
+	}
+	if want > 0 {
+		has, err := delivery.NewMaildir(filepath.Join(n.dataDir, "mailboxes", "mario@pec.example.it")).HasMessage(b.Generated.Receipt)
+		if err != nil || !has {
+			t.Errorf("the receipt %s is not in the sender's mailbox (%v)", b.Generated.Receipt, err)
+		}
+	}
+	if _, err := n.spool.Get(b.PECID); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("spool entry of %s still there: %v", b.PECID, err)
 	}
 }

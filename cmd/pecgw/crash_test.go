@@ -439,6 +439,41 @@ func crashUnderLoad(t *testing.T, store string) {
 		}
 	}
 
+	// Each acknowledged submission has exactly one acceptance receipt in
+	// the sender's mailbox (invariant 1: no 250 before the receipt is
+	// out; a crash between the envelope and the receipt is made good by
+	// the spooled receipt), and nothing is left in the spool.
+	receipts := map[string]int{}
+	receiptFiles := 0
+	for _, sub := range []string{"new", "cur"} {
+		files, _ := filepath.Glob(filepath.Join(dir, "mailboxes", user, sub, "*"))
+		for _, f := range files {
+			raw, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := mail.ReadMessage(bytes.NewReader(raw))
+			if err != nil {
+				t.Errorf("mailboxes/%s/%s: %v", sub, filepath.Base(f), err)
+				continue
+			}
+			if m.Header.Get("X-Ricevuta") == "accettazione" {
+				receipts[m.Header.Get("X-Riferimento-Message-ID")]++
+				receiptFiles++
+			}
+		}
+	}
+	for _, m := range all {
+		if m.pecID != "" && receipts[m.msgID] != 1 {
+			out, _ := exec.Command(bin, "log", "query", "--id", m.pecID, "--config", cfg).CombinedOutput()
+			t.Errorf("%s acknowledged with PEC id %s after %d attempts: %d acceptance receipts in the sender's mailbox, want 1\n%s",
+				m.msgID, m.pecID, m.attempts, receipts[m.msgID], out)
+		}
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "spool", "[^.]*")); len(left) > 0 {
+		t.Errorf("receipts left in the spool: %v", left)
+	}
+
 	// Each acknowledged PEC id has its records in the log.
 	type queryResult struct {
 		m     *crashMsg
@@ -525,9 +560,9 @@ func crashUnderLoad(t *testing.T, store string) {
 		t.Errorf("pecgw log verify: exit %d\n%s%s", code, out, errOut)
 	}
 
-	summary := fmt.Sprintf("crash test (%s store): %d messages (%d acknowledged), %d kills, %d retries, %d 4xx seen, %d envelopes in outbound (%d left in tmp), "+
+	summary := fmt.Sprintf("crash test (%s store): %d messages (%d acknowledged), %d kills, %d retries, %d 4xx seen, %d envelopes in outbound (%d left in tmp), %d receipts, "+
 		"%d duplicates answered, %d Message-IDs with two envelopes; load %.1fs; log records: %s",
-		store, len(all), len(all)-unacked, killCount.Load(), retries.Load(), temp4xx.Load(), envFiles, len(tmpFiles),
+		store, len(all), len(all)-unacked, killCount.Load(), retries.Load(), temp4xx.Load(), envFiles, len(tmpFiles), receiptFiles,
 		byType[string(logstore.EventDuplicate)], dupEnvelopes, loadTime.Seconds(), strings.Join(types, " "))
 	t.Log(summary)
 	fmt.Println(summary)

@@ -102,6 +102,7 @@ type server struct {
 	log     *zap.Logger
 	txlog   *logstore.Log
 	dedup   dedup.Store
+	accept  *gateway.Acceptor
 	users   *gateway.Users
 	cert    atomic.Pointer[tls.Certificate]
 	servers []*smtp.Server
@@ -154,16 +155,30 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 		return nil, err
 	}
 	s.dedup = store
+	spool, err := delivery.OpenSpool(cfg.Delivery.Spool)
+	if err != nil {
+		s.closeAll()
+		return nil, fmt.Errorf("delivery.spool: %w", err)
+	}
 	// Transactions a crash left half done, before any client can retry.
-	rep, err := gateway.Reconcile(context.Background(), lo.Dir, s.txlog, store, outbound, cfg.Dedup.Window, time.Now())
+	rep, err := gateway.Reconcile(context.Background(), gateway.ReconcileInput{
+		LogDir: lo.Dir, Log: s.txlog, Store: store, Outbound: outbound, Mailboxes: mailboxes,
+		Receipts: spool, Window: cfg.Dedup.Window, Now: time.Now(),
+	})
 	if err != nil {
 		s.closeAll()
 		return nil, err
 	}
-	if rep.Incomplete > 0 {
+	if rep != (gateway.Report{}) {
 		logger.Warn("incomplete transactions reconciled", zap.String("event", "log.reconciled"),
 			zap.Int("incomplete", rep.Incomplete), zap.Int("found", rep.Found),
-			zap.Int("not_found", rep.NotFound), zap.Int("unknown", rep.Unknown))
+			zap.Int("not_found", rep.NotFound), zap.Int("unknown", rep.Unknown),
+			zap.Int("receipts_delivered", rep.Receipts), zap.Int("receipts_dropped", rep.ReceiptsDropped),
+			zap.Int("receipts_unconfirmed", rep.ReceiptsUnconfirmed))
+	}
+	if rep.ReceiptsUnconfirmed > 0 {
+		logger.Warn("acceptance receipts kept unconfirmed: check with the next hop whether their envelopes arrived",
+			zap.String("event", "delivery.unconfirmed"), zap.String("spool", spool.Dir()))
 	}
 	if cfg.Delivery.Mode != "smtp" {
 		// Files a crash left in the maildirs' tmp/: never delivered.
@@ -175,6 +190,7 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 	}
 	acceptor := &gateway.Acceptor{
 		Dedup:         store,
+		Receipts:      spool,
 		DedupWindow:   cfg.Dedup.Window,
 		DedupLease:    cfg.Dedup.Lease,
 		DedupFailOpen: cfg.Dedup.OnError == "accept",
@@ -188,6 +204,7 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 		Now:           time.Now,
 		Rand:          rand.Reader,
 	}
+	s.accept = acceptor
 	lim := cfg.Limits
 	backend := &gateway.Backend{
 		Log:                     logger,
@@ -242,6 +259,9 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 	return s, nil
 }
 
+// redeliverEvery is how often spooled receipts are tried again.
+const redeliverEvery = time.Minute
+
 func (s *server) loadCert() error {
 	c, err := tls.LoadX509KeyPair(s.cfg.TLS.Cert, s.cfg.TLS.Key)
 	if err != nil {
@@ -267,8 +287,20 @@ func (s *server) run(ctx context.Context, hup <-chan os.Signal, stdout io.Writer
 			}
 		}()
 	}
+	// Receipts whose hand-off failed after their envelope went out, and
+	// whose client retried elsewhere or gave up (gateway/receipts.go).
+	redeliver := time.NewTicker(redeliverEvery)
+	defer redeliver.Stop()
 	for {
 		select {
+		case <-redeliver.C:
+			n, err := s.accept.RedeliverReceipts(ctx)
+			if n > 0 {
+				s.log.Info("acceptance receipts delivered late", zap.String("event", "delivery.redelivered"), zap.Int("receipts", n))
+			}
+			if err != nil {
+				s.log.Warn("acceptance receipts still not delivered", zap.String("event", "delivery.error"), zap.Error(err))
+			}
 		case <-ctx.Done():
 			s.log.Info("stopping", zap.String("event", "server.stop"))
 			sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)

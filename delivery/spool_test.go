@@ -1,0 +1,77 @@
+package delivery
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestSpool(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "spool")
+	s, err := OpenSpool(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := "20261123103000.abcdefgh@pec.example.it"
+	e := &SpoolEntry{ID: id, Record: []byte(`{"pec_id":"x"}`), From: "", To: []string{"mario@pec.example.it"}, EightBit: true,
+		Data: []byte("Subject: ACCETTAZIONE\r\n\r\n{json-looking body}\n\r\n")}
+	if err := s.Put(e); err != nil {
+		t.Fatal(err)
+	}
+	if s.Claim(id) {
+		t.Error("Claim of an entry its transaction holds")
+	}
+	s.Done(id)
+	got, err := s.Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != SpoolPending || string(got.Data) != string(e.Data) || got.To[0] != e.To[0] || !got.EightBit || string(got.Record) != string(e.Record) {
+		t.Errorf("Get = %+v", got)
+	}
+	if err := s.Mark(id, SpoolOut); err != nil {
+		t.Fatal(err)
+	}
+	states, ids, err := s.List()
+	if err != nil || len(ids) != 1 || states[id] != SpoolOut {
+		t.Errorf("List = %v %v %v", states, ids, err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, id+".out")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("file: %v %v", fi, err)
+	}
+	if !s.Claim(id) || s.Claim(id) {
+		t.Error("Claim: want true once")
+	}
+	s.Done(id)
+	if err := s.Remove(id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(id); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Get after Remove = %v", err)
+	}
+	if err := s.Remove(id); err != nil {
+		t.Errorf("Remove of nothing = %v", err)
+	}
+	if err := s.Mark(id, SpoolOut); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Mark of nothing = %v", err)
+	}
+	// Identifiers that could name another file are refused.
+	for _, bad := range []string{"", "../x", ".hidden", "a/b", "a b", "x\x00"} {
+		if err := s.Put(&SpoolEntry{ID: bad, To: []string{"a@b"}}); err == nil {
+			t.Errorf("Put(%q) accepted", bad)
+		}
+	}
+	// A damaged file is an error naming it, never a panic; temporary
+	// files and strangers are not listed.
+	os.WriteFile(filepath.Join(dir, "bad@x.receipt"), []byte("no header"), 0o600)
+	os.WriteFile(filepath.Join(dir, ".bad@x.receipt.tmp123"), []byte("{}\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "README"), []byte("x"), 0o600)
+	if _, err := s.Get("bad@x"); err == nil {
+		t.Error("Get of a damaged file: no error")
+	}
+	if _, ids, _ := s.List(); len(ids) != 1 || ids[0] != "bad@x" {
+		t.Errorf("List = %v", ids)
+	}
+}
