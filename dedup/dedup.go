@@ -168,8 +168,10 @@ type Store interface {
 	// (Key.ID, Key.Fingerprint, as the transaction log keeps them), as
 	// Commit does but without a lease: it is for reconciliation, when the
 	// transaction that held the lease is gone. A hold naming pecID is
-	// dropped; any other lease is left alone. When Remember returns nil the
-	// record is durable, as for Commit.
+	// dropped; any other lease is left alone. A commit of another PEC id
+	// for the same fingerprint is kept (a twin certified meanwhile knew its
+	// envelope went out). When Remember returns nil the record is durable,
+	// as for Commit.
 	Remember(ctx context.Context, id, fingerprint, pecID string, window time.Duration) error
 
 	// Abandon drops a hold on id naming pecID, for reconciliation when the

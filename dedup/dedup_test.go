@@ -326,6 +326,26 @@ var behaviour = []struct {
 		}
 		mustClaim(t, s, k4, longLease, InFlight)
 	}},
+	{"RememberKeepsAnotherCommit", func(t *testing.T, s Store) {
+		// A twin certified (and committed) while a crashed instance was
+		// down; that instance's reconciliation must not replace it.
+		ctx := context.Background()
+		k := newKey("body")
+		c := mustClaim(t, s, k, longLease, New)
+		mustCommit(t, s, k, c.Token, "pec-twin", longWindow)
+		if err := s.Remember(ctx, k.ID(), k.Fingerprint(), "pec-crashed", longWindow); err != nil {
+			t.Fatalf("Remember: %v", err)
+		}
+		if d := mustClaim(t, s, k, longLease, Duplicate); d.PECID != "pec-twin" {
+			t.Errorf("PECID = %q, want pec-twin", d.PECID)
+		}
+		if err := s.Remember(ctx, k.ID(), k.Fingerprint(), "pec-twin", longWindow); err != nil {
+			t.Fatalf("Remember of the same id: %v", err)
+		}
+		if d := mustClaim(t, s, k, longLease, Duplicate); d.PECID != "pec-twin" {
+			t.Errorf("PECID = %q, want pec-twin", d.PECID)
+		}
+	}},
 	{"ConcurrentClaimsOneWinner", func(t *testing.T, s Store) {
 		k := newKey("body")
 		const n = 20

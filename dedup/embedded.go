@@ -228,6 +228,15 @@ func (e *Embedded) lookup(id string, now time.Time) *embEntry {
 	return en
 }
 
+// commitOf returns the commit of fp, if en has one (en may be nil).
+func (en *embEntry) commitOf(fp string) (embCommit, bool) {
+	if en == nil {
+		return embCommit{}, false
+	}
+	c, ok := en.commits[fp]
+	return c, ok
+}
+
 // sweep drops expired entries now and then, so that keys never looked up
 // again do not stay in memory.
 func (e *Embedded) sweep(now time.Time) {
@@ -396,7 +405,7 @@ func (e *Embedded) Abandon(ctx context.Context, id, pecID string) error {
 }
 
 // Remember implements Store: a journalled commit that needs no lease; it
-// drops a hold naming pecID.
+// drops a hold naming pecID and keeps a commit of another PEC id.
 func (e *Embedded) Remember(ctx context.Context, id, fingerprint, pecID string, window time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -409,13 +418,18 @@ func (e *Embedded) Remember(ctx context.Context, id, fingerprint, pecID string, 
 	if err := e.usable(); err != nil {
 		return err
 	}
-	exp := time.Now().Add(window)
-	if err := e.appendJournal(journalLine(journalRecord{ID: id, FP: fingerprint, PEC: pecID, Exp: exp.UnixNano()})); err != nil {
-		return err
+	now := time.Now()
+	exp := now.Add(window)
+	en := e.lookup(id, now)
+	if c, ok := en.commitOf(fingerprint); !ok || c.pecID == pecID {
+		// A committed entry of another PEC id is kept, as by Redis.
+		if err := e.appendJournal(journalLine(journalRecord{ID: id, FP: fingerprint, PEC: pecID, Exp: exp.UnixNano()})); err != nil {
+			return err
+		}
+		en = e.entry(id)
+		en.commits[fingerprint] = embCommit{pecID: pecID, exp: exp}
 	}
-	en := e.entry(id)
-	en.commits[fingerprint] = embCommit{pecID: pecID, exp: exp}
-	if pecID != "" && en.hold == pecID {
+	if en != nil && pecID != "" && en.hold == pecID {
 		en.token, en.hold = "", ""
 	}
 	return nil

@@ -137,15 +137,27 @@ if cur then redis.call('DEL', KEYS[1]) end
 return 1
 `)
 
-// KEYS: lease, fp, any. ARGV: PEC id, window ms.
+// KEYS: lease, fp, any. ARGV: PEC id, window ms. A committed entry of
+// another PEC id is kept: it was certified by a transaction that knew its
+// envelope went out, which a reconciliation cannot say as surely.
 var rememberScript = redis.NewScript(luaLease + `
 local window = tonumber(ARGV[2])
-redis.call('SET', KEYS[2], ARGV[1], 'PX', window)
-if redis.call('PTTL', KEYS[3]) < window then
-	redis.call('SET', KEYS[3], '1', 'PX', window)
+local cur = redis.call('GET', KEYS[2])
+if not cur or cur == ARGV[1] then
+	redis.call('SET', KEYS[2], ARGV[1], 'PX', window)
+	if redis.call('PTTL', KEYS[3]) < window then
+		redis.call('SET', KEYS[3], '1', 'PX', window)
+	end
 end
 if held(redis.call('GET', KEYS[1])) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
+`)
+
+// KEYS: lease, fp. ARGV: PEC id.
+var heldScript = redis.NewScript(luaLease + `
+if held(redis.call('GET', KEYS[1])) == ARGV[1] then return 1 end
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 1 end
+return 0
 `)
 
 // KEYS: lease. ARGV: PEC id.
@@ -234,6 +246,23 @@ func (r *Redis) Remember(ctx context.Context, id, fingerprint, pecID string, win
 		return redisErr("remember", err)
 	}
 	return nil
+}
+
+// Held reports whether the transaction pecID reached its hold: a hold
+// naming it is still there, or it was committed for fingerprint. Since
+// Redis outlives the process, false after a crash means the transaction
+// never took its hold (Prepare), which comes before the envelope hand-off:
+// the envelope was not handed off (unless dedup.on_error = "accept" let it
+// go without a hold). The embedded store cannot say: its holds die with
+// the process.
+func (r *Redis) Held(ctx context.Context, id, fingerprint, pecID string) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	n, err := heldScript.Run(ctx, r.client, redisKeysOf(id, fingerprint)[:2], pecID).Int()
+	if err != nil {
+		return false, redisErr("held", err)
+	}
+	return n == 1, nil
 }
 
 // Abandon implements Store.

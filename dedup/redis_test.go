@@ -138,3 +138,39 @@ func TestNewRedisNeedsAddress(t *testing.T) {
 		t.Error("NewRedis without an address succeeded")
 	}
 }
+
+// TestRedisHeld: Held tells a transaction that took its hold (or
+// committed) from one that never did, the reconciliation's evidence that
+// an envelope of unknown fate may have gone out.
+func TestRedisHeld(t *testing.T) {
+	s := newTestRedis(t, needRedis(t), 0)
+	ctx := context.Background()
+	held := func(k Key, pecID string) bool {
+		t.Helper()
+		ok, err := s.Held(ctx, k.ID(), k.Fingerprint(), pecID)
+		if err != nil {
+			t.Fatalf("Held: %v", err)
+		}
+		return ok
+	}
+	k := newKey("body")
+	c, err := s.Claim(ctx, k, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if held(k, "pec-1") {
+		t.Error("a lease is not a hold")
+	}
+	if err := s.Prepare(ctx, k, c.Token, "pec-1", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if !held(k, "pec-1") || held(k, "pec-2") {
+		t.Error("hold of pec-1: Held wrong")
+	}
+	if err := s.Commit(ctx, k, c.Token, "pec-1", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if !held(k, "pec-1") || held(k, "pec-2") {
+		t.Error("commit of pec-1: Held wrong")
+	}
+}

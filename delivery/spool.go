@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -82,28 +83,56 @@ func OpenSpool(dir string) (*Spool, error) {
 // Dir is the spool's folder.
 func (s *Spool) Dir() string { return s.dir }
 
-// spoolName checks that id can name a file: PEC identifiers
-// (pec.NewID) are digits, a dot, base32 letters, '@' and a domain.
-func spoolName(id string) error {
-	if id == "" || id[0] == '.' || len(id) > 200 {
-		return fmt.Errorf("delivery: spool: bad identifier %q", id)
+// spoolName is the file name stem of id: PEC identifiers (pec.NewID) are
+// digits, a dot, base32 letters, '@' and the provider's domain, which may
+// be written in Unicode (città.it); every octet outside [A-Za-z0-9.@_-],
+// and a leading dot, is written %XX, so no identifier can name a hidden
+// file or one outside the folder.
+func spoolName(id string) (string, error) {
+	if id == "" {
+		return "", errors.New("delivery: spool: empty identifier")
 	}
-	for _, c := range id {
-		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune(".@-_", c)
-		if !ok {
-			return fmt.Errorf("delivery: spool: bad identifier %q", id)
+	var b strings.Builder
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '@' || c == '_' || c == '-' || c == '.' && i > 0
+		if ok {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "%%%02X", c)
 		}
 	}
-	return nil
+	if b.Len() > 200 {
+		return "", fmt.Errorf("delivery: spool: identifier too long (%d octets)", len(id))
+	}
+	return b.String(), nil
 }
 
-func (s *Spool) path(id string, st SpoolState) string {
-	return filepath.Join(s.dir, id+"."+string(st))
+// spoolID is the identifier of the file name stem name.
+func spoolID(name string) (string, bool) {
+	id, err := url.PathUnescape(name)
+	if err != nil {
+		return "", false
+	}
+	if back, err := spoolName(id); err != nil || back != name {
+		return "", false // not a name spoolName writes
+	}
+	return id, true
+}
+
+// path is the file of id in state st.
+func (s *Spool) path(id string, st SpoolState) (string, error) {
+	name, err := spoolName(id)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(s.dir, name+"."+string(st)), nil
 }
 
 // Put writes e durably as a pending entry and marks it active until Done.
 func (s *Spool) Put(e *SpoolEntry) error {
-	if err := spoolName(e.ID); err != nil {
+	path, err := s.path(e.ID, SpoolPending)
+	if err != nil {
 		return err
 	}
 	head, err := json.Marshal(e)
@@ -115,7 +144,7 @@ func (s *Spool) Put(e *SpoolEntry) error {
 	s.mu.Lock()
 	s.active[e.ID] = true
 	s.mu.Unlock()
-	if err := safeio.WriteFile(s.path(e.ID, SpoolPending), data, 0o600); err != nil {
+	if err := safeio.WriteFile(path, data, 0o600); err != nil {
 		s.Done(e.ID)
 		return fmt.Errorf("delivery: spool: %w", err)
 	}
@@ -152,9 +181,6 @@ func (s *Spool) Active(id string) bool {
 // Mark moves the entry of id to state st (SpoolOut, SpoolUnconfirmed),
 // durably: rename and folder fsync.
 func (s *Spool) Mark(id string, st SpoolState) error {
-	if err := spoolName(id); err != nil {
-		return err
-	}
 	cur, err := s.find(id)
 	if err != nil {
 		return err
@@ -162,7 +188,12 @@ func (s *Spool) Mark(id string, st SpoolState) error {
 	if cur == st {
 		return nil
 	}
-	if err := os.Rename(s.path(id, cur), s.path(id, st)); err != nil {
+	from, _ := s.path(id, cur)
+	to, err := s.path(id, st)
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(from, to); err != nil {
 		return fmt.Errorf("delivery: spool: %w", err)
 	}
 	if err := safeio.SyncDir(s.dir); err != nil {
@@ -174,7 +205,11 @@ func (s *Spool) Mark(id string, st SpoolState) error {
 // find returns the state of id's file; fs.ErrNotExist when there is none.
 func (s *Spool) find(id string) (SpoolState, error) {
 	for _, st := range []SpoolState{SpoolOut, SpoolPending, SpoolUnconfirmed} {
-		if _, err := os.Lstat(s.path(id, st)); err == nil {
+		path, err := s.path(id, st)
+		if err != nil {
+			return "", err
+		}
+		if _, err := os.Lstat(path); err == nil {
 			return st, nil
 		} else if !errors.Is(err, fs.ErrNotExist) {
 			return "", fmt.Errorf("delivery: spool: %w", err)
@@ -186,14 +221,12 @@ func (s *Spool) find(id string) (SpoolState, error) {
 // Get reads the entry of id; an error wrapping fs.ErrNotExist when there
 // is none.
 func (s *Spool) Get(id string) (*SpoolEntry, error) {
-	if err := spoolName(id); err != nil {
-		return nil, err
-	}
 	st, err := s.find(id)
 	if err != nil {
 		return nil, err
 	}
-	return s.read(s.path(id, st), st)
+	path, _ := s.path(id, st)
+	return s.read(path, st)
 }
 
 func (s *Spool) read(path string, st SpoolState) (*SpoolEntry, error) {
@@ -209,7 +242,7 @@ func (s *Spool) read(path string, st SpoolState) (*SpoolEntry, error) {
 	if err := json.Unmarshal(raw[:i], e); err != nil {
 		return nil, fmt.Errorf("delivery: spool: %s: header: %w", path, err)
 	}
-	if e.ID+"."+string(st) != filepath.Base(path) || len(e.To) == 0 {
+	if name, _ := spoolName(e.ID); name+"."+string(st) != filepath.Base(path) || len(e.To) == 0 {
 		return nil, fmt.Errorf("delivery: spool: %s: header does not match the file", path)
 	}
 	e.State, e.Data = st, raw[i+1:]
@@ -220,11 +253,12 @@ func (s *Spool) read(path string, st SpoolState) (*SpoolEntry, error) {
 // The folder is not fsync'd: an entry that comes back after a crash is
 // found again by the reconciliation, which checks before delivering.
 func (s *Spool) Remove(id string) error {
-	if err := spoolName(id); err != nil {
-		return err
-	}
 	for _, st := range []SpoolState{SpoolOut, SpoolPending, SpoolUnconfirmed} {
-		if err := os.Remove(s.path(id, st)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		path, err := s.path(id, st)
+		if err != nil {
+			return err
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("delivery: spool: %w", err)
 		}
 	}
@@ -250,7 +284,11 @@ func (s *Spool) List() (map[string]SpoolState, []string, error) {
 		if dot <= 0 {
 			continue
 		}
-		id, st := name[:dot], SpoolState(name[dot+1:])
+		id, ok := spoolID(name[:dot])
+		if !ok {
+			continue
+		}
+		st := SpoolState(name[dot+1:])
 		switch st {
 		case SpoolPending, SpoolOut, SpoolUnconfirmed:
 		default:

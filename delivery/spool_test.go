@@ -57,11 +57,38 @@ func TestSpool(t *testing.T) {
 	if err := s.Mark(id, SpoolOut); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Mark of nothing = %v", err)
 	}
-	// Identifiers that could name another file are refused.
-	for _, bad := range []string{"", "../x", ".hidden", "a/b", "a b", "x\x00"} {
-		if err := s.Put(&SpoolEntry{ID: bad, To: []string{"a@b"}}); err == nil {
-			t.Errorf("Put(%q) accepted", bad)
+	// Any identifier names one file inside the folder, never a hidden
+	// one, and comes back from List: a provider domain in Unicode, or
+	// what would be a path.
+	odd := []string{"20261123103000.abc@pec.città.it", "../x", ".hidden", "a/b", "a b", "x\x00", "100%"}
+	for _, id := range odd {
+		if err := s.Put(&SpoolEntry{ID: id, To: []string{"a@b"}, Data: []byte("x")}); err != nil {
+			t.Errorf("Put(%q): %v", id, err)
 		}
+		s.Done(id)
+		if e, err := s.Get(id); err != nil || e.ID != id {
+			t.Errorf("Get(%q) = %+v, %v", id, e, err)
+		}
+	}
+	des, _ := os.ReadDir(dir)
+	for _, de := range des {
+		if de.Name()[0] == '.' || de.IsDir() {
+			t.Errorf("file %q in the spool", de.Name())
+		}
+	}
+	if _, ids, _ := s.List(); len(ids) != len(odd) {
+		t.Errorf("List = %q, want %q", ids, odd)
+	}
+	for _, id := range odd {
+		if err := s.Remove(id); err != nil {
+			t.Errorf("Remove(%q): %v", id, err)
+		}
+	}
+	if err := s.Put(&SpoolEntry{ID: "", To: []string{"a@b"}}); err == nil {
+		t.Error("Put of an empty identifier accepted")
+	}
+	if _, err := os.Stat(filepath.Join(filepath.Dir(dir), "x.receipt")); err == nil {
+		t.Error("a file outside the spool")
 	}
 	// A damaged file is an error naming it, never a panic; temporary
 	// files and strangers are not listed.

@@ -150,6 +150,19 @@ func (a *Acceptor) Process(ctx context.Context, s *Submission) (*Outcome, error)
 	case err != nil:
 		return nil, fmt.Errorf("dedup: %w", err)
 	case c.State == dedup.InFlight:
+		// A hold of a transaction of this process whose envelope is out
+		// and whose receipt is owed: the retry delivers it, then gets
+		// the original identifier.
+		if c.PECID != "" {
+			k := d.key.ID() + " " + d.key.Fingerprint()
+			ok, err := a.settleOwed(ctx, c.PECID, k, "on the client's retry at "+at.Time().Format(time.RFC3339))
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				return a.duplicate(ctx, s, tx, c.PECID)
+			}
+		}
 		return nil, &InFlightError{Hold: c.PECID}
 	case c.State == dedup.Duplicate:
 		return a.duplicate(ctx, s, tx, c.PECID)
@@ -191,18 +204,17 @@ func (a *Acceptor) keepLease(ctx context.Context, d *dedupTx) (stop func()) {
 	return func() { cancel(); <-done }
 }
 
-// commitLater retries a dedup commit that failed after the envelope went
-// out (the store was unreachable for a moment): until it succeeds the key
-// stays held, and a retry of the submission gets 451 rather than a second
-// envelope. It gives up after an hour or on an error other than
-// unavailability; the hold then lasts the window, and the operator has
-// the pec.error events.
-func (a *Acceptor) commitLater(d *dedupTx, pecID string, window time.Duration) {
+// retryLater retries a dedup operation that failed because the store was
+// unreachable for a moment (a commit after the hand-off, a release after
+// a failure): until it succeeds a retry of the submission gets 451,
+// never a second envelope. It gives up after an hour or on an error
+// other than unavailability; Reconcile then settles it at the next
+// start, from the log.
+func (a *Acceptor) retryLater(op func() error) {
 	deadline := time.Now().Add(time.Hour)
 	for wait := time.Second; time.Now().Before(deadline); wait = min(2*wait, 30*time.Second) {
 		time.Sleep(wait)
-		err := a.Dedup.Commit(context.Background(), d.key, d.token, pecID, window)
-		if err == nil || !errors.Is(err, dedup.ErrUnavailable) {
+		if err := op(); err == nil || !errors.Is(err, dedup.ErrUnavailable) {
 			return
 		}
 	}
@@ -221,18 +233,11 @@ func durationOr(d, def time.Duration) time.Duration {
 	return def
 }
 
-// abortReceiptNotDelivered begins the Detail of the aborted record of a
-// transaction whose envelope went out and whose receipt did not.
-const abortReceiptNotDelivered = "transport envelope handed off, acceptance receipt not delivered"
-
 // duplicate answers a retry of an accepted submission: the original
-// identifier, no new envelope or receipt, a "duplicate" log record. If
-// the original's receipt is still spooled, it is delivered first: no 250
-// before the receipt is out (invariant 1), 451 while it cannot be.
+// identifier, no new envelope or receipt, a "duplicate" log record. The
+// key is committed only once envelope and receipt are out, so the 250
+// comes after both (invariant 1).
 func (a *Acceptor) duplicate(ctx context.Context, s *Submission, tx pec.Transaction, original string) (*Outcome, error) {
-	if _, err := a.redeliver(ctx, original, "on the client's retry at "+tx.At.Time().Format(time.RFC3339)); err != nil {
-		return nil, err
-	}
 	rec := a.record(s, tx)
 	rec.Type = logstore.EventDuplicate
 	rec.PECID = original
@@ -245,21 +250,35 @@ func (a *Acceptor) duplicate(ctx context.Context, s *Submission, tx pec.Transact
 }
 
 func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction, d *dedupTx) (o *Outcome, err error) {
-	// Until the envelope is out, a failure frees the claim so the retry
-	// proceeds as new; the moment it is out, the claim is committed,
-	// before anything else can fail or the process die, so a retry never
-	// makes a second envelope (invariant 3). A crash between the hand-off
-	// and the commit leaves a busta-trasporto record without handed-off:
-	// Reconcile finds the envelope and commits the key at the next start.
-	envelopeOut, commitFailed := false, false
-	stopRenewal := func() {}
+	// The dedup claim (ARCHITECTURE.md invariant 3): a lease renewed
+	// while building and logging; a hold naming tx.ID from just before
+	// the envelope hand-off; committed once the envelope AND the receipt
+	// are out, so that a retry is answered 250 only then (invariant 1),
+	// on any instance. A failure before the envelope is out releases it
+	// (before the abort is logged) so the retry proceeds as new; a
+	// failure after keeps the hold until the receipt is delivered late
+	// (receipts.go). A crash leaves the hold to Reconcile.
+	envelopeOut, dedupSkipped := false, false
+	stopRenewal, release := func() {}, func() {}
 	if d != nil {
 		stopRenewal = a.keepLease(ctx, d)
+		released := false
+		release = func() {
+			if released {
+				return
+			}
+			released = true
+			err := a.Dedup.Release(context.WithoutCancel(ctx), d.key, d.token)
+			if errors.Is(err, dedup.ErrUnavailable) {
+				go a.retryLater(func() error { return a.Dedup.Release(context.Background(), d.key, d.token) })
+			}
+		}
 		defer func() {
 			stopRenewal()
 			if !envelopeOut {
-				_ = a.Dedup.Release(context.WithoutCancel(ctx), d.key, d.token)
-			} else if commitFailed && o != nil {
+				release()
+			}
+			if dedupSkipped && o != nil {
 				o.DedupSkipped = true // reported to the operator, not to the client
 			}
 		}()
@@ -302,6 +321,9 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 			spooled = false
 		}
 	}
+	// notOut undoes what a transaction whose envelope stays here holds,
+	// before its abort is logged.
+	notOut := func() { unspool(); release() }
 	if a.Receipts != nil {
 		done := base
 		done.Type = logstore.EventHandedOff
@@ -324,17 +346,18 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 	busta := base
 	busta.Type = logstore.EventBustaTrasporto
 	if _, _, err := a.Log.Append(ctx, &busta); err != nil {
-		unspool()
+		notOut()
 		return nil, fmt.Errorf("log the transport envelope: %w", err)
 	}
 	acc := base
 	acc.Type = logstore.EventAccettazione
 	if _, _, err := a.Log.Append(ctx, &acc); err != nil {
-		unspool()
+		notOut()
 		return nil, fmt.Errorf("log the acceptance: %w", err)
 	}
 	if err := waitSpool(); err != nil {
-		return nil, a.abort(s, tx, "acceptance receipt not spooled, transport envelope not handed off", err)
+		notOut()
+		return nil, a.abort(s, tx, "acceptance receipt not spooled, "+notHandedOff, err)
 	}
 	// From here the outcome of the hand-off must survive this process:
 	// the lease becomes a hold naming this transaction, which a crash
@@ -345,43 +368,60 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 		stopRenewal()
 		if err := a.Dedup.Prepare(context.WithoutCancel(ctx), d.key, d.token, tx.ID, window); err != nil {
 			if !errors.Is(err, dedup.ErrUnavailable) || !a.DedupFailOpen {
-				unspool()
-				return nil, a.abort(s, tx, "dedup hold not taken, transport envelope not handed off", err)
+				notOut()
+				return nil, a.abort(s, tx, "dedup hold not taken, "+notHandedOff, err)
 			}
-			commitFailed = true // on_error = accept: certified without deduplication
+			dedupSkipped = true // on_error = accept: certified without the hold
 		}
 	}
 	// The envelope goes first: a receipt must never certify a message
 	// that was not sent; a sent message whose receipt is lost is proved
 	// by the log (RFC 6109 §2.3).
 	if err := a.Outbound.Deliver(ctx, deliveryMessage(envelope, envData)); err != nil {
-		unspool()
-		return nil, a.abort(s, tx, "transport envelope not handed off", err)
+		notOut()
+		return nil, a.abort(s, tx, notHandedOff, err)
 	}
 	envelopeOut = true
-	if d != nil && !commitFailed {
-		if err := a.Dedup.Commit(context.WithoutCancel(ctx), d.key, d.token, tx.ID, window); err != nil {
-			commitFailed = true
-			if errors.Is(err, dedup.ErrUnavailable) {
-				go a.commitLater(d, tx.ID, window)
-			}
-		}
-	}
 	if err := a.Mailboxes.Deliver(ctx, receiptMsg); err != nil {
+		// The hold stays: a retry gets 451 on any instance until the
+		// receipt is out. The client's retry here, the periodic
+		// redelivery or the next start delivers it (receipts.go).
 		what := abortReceiptNotDelivered
-		if spooled {
-			// The client's retry, or the periodic redelivery, delivers
-			// it; until then the retry is answered 451.
+		switch {
+		case spooled:
 			if merr := a.Receipts.Mark(tx.ID, delivery.SpoolOut); merr != nil {
 				err = errors.Join(err, merr)
 			} else {
 				what += " (kept for a later delivery)"
+			}
+		case d != nil:
+			// No spool: the receipt cannot be delivered later, and a
+			// hold kept for it would answer every retry 451 until the
+			// window ends. The retry gets the identifier; the log proves
+			// the acceptance (RFC 6109 §2.3).
+			if cerr := a.Dedup.Commit(context.WithoutCancel(ctx), d.key, d.token, tx.ID, window); cerr != nil {
+				err = errors.Join(err, cerr)
 			}
 		}
 		return nil, a.abort(s, tx, what, err)
 	}
 	done := base
 	done.Type = logstore.EventHandedOff
+	// Committed before the completion record: a crash after the record
+	// must not leave a retry free to certify again.
+	if d != nil {
+		if err := a.Dedup.Commit(context.WithoutCancel(ctx), d.key, d.token, tx.ID, window); err != nil {
+			dedupSkipped = true
+			// Reconcile remembers the transactions so marked, in case the
+			// background retry does not outlive this process.
+			done.Detail = joinDetail(done.Detail, dedupCommitFailed+": "+err.Error())
+			if errors.Is(err, dedup.ErrUnavailable) {
+				go a.retryLater(func() error {
+					return a.Dedup.Commit(context.Background(), d.key, d.token, tx.ID, window)
+				})
+			}
+		}
+	}
 	if _, _, err := a.Log.Append(ctx, &done); err != nil {
 		// Both messages are out and both are logged as emitted: the
 		// completion record is what reconciliation looks for.
@@ -389,6 +429,26 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 	}
 	unspool()
 	return &Outcome{Accepted: true, ID: tx.ID, At: tx.At}, nil
+}
+
+// Details the reconciliation reads back.
+const (
+	// notHandedOff ends the Detail of an aborted record of a
+	// transaction whose envelope stayed here.
+	notHandedOff = "transport envelope not handed off"
+	// abortReceiptNotDelivered begins the Detail of the aborted record
+	// of a transaction whose envelope went out and whose receipt did not.
+	abortReceiptNotDelivered = "transport envelope handed off, acceptance receipt not delivered"
+	// dedupCommitFailed is in the Detail of a handed-off record whose
+	// dedup commit failed.
+	dedupCommitFailed = "dedup commit failed"
+)
+
+func joinDetail(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
 }
 
 // refuse emits the non-acceptance notice (RFC 6109 §3.1.2): built,

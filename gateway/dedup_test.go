@@ -106,7 +106,9 @@ func TestInFlightTwinGets451(t *testing.T) {
 
 // TestFailedHandOffFreesTheClaim: before the envelope is out a failure
 // lets the retry proceed; after it is out, the retry is a duplicate even
-// if the receipt failed (one envelope, ever).
+// if the receipt failed (one envelope, ever). The fixture has no receipt
+// spool: the receipt cannot be delivered later (with a spool the retry
+// waits for it, TestReceiptFailureRetryDelivers).
 func TestFailedHandOffFreesTheClaim(t *testing.T) {
 	boom := errors.New("down")
 	t.Run("envelope failed", func(t *testing.T) {

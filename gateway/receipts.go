@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"time"
 
+	"github.com/pecgw/pecgw/dedup"
 	"github.com/pecgw/pecgw/delivery"
 	"github.com/pecgw/pecgw/logstore"
 	"github.com/pecgw/pecgw/pec"
@@ -17,16 +18,18 @@ import (
 // spooled (delivery.Spool) before its envelope is handed off; when the
 // process dies, or the receipt's hand-off fails, after the envelope went
 // out, the spooled receipt (signed at the transaction's instant, DM 2
-// novembre 2005 art. 9) is delivered later rather than lost:
+// novembre 2005 art. 9) is delivered later rather than lost. Until then
+// the transaction's dedup hold stays, so a retry is answered 451 on any
+// instance, never 250 (ARCHITECTURE.md invariant 1). It is delivered:
 //
-//   - by Reconcile at the next start, for transactions a crash cut;
-//   - on the client's retry, which is answered 250 only once the receipt
-//     is out (ARCHITECTURE.md invariant 1), 451 while it cannot be;
-//   - by RedeliverReceipts, which pecgw serve runs every minute, for a
-//     client that retried on another instance or gave up.
+//   - on the client's retry here, which then gets 250 with the original
+//     identifier;
+//   - by RedeliverReceipts, which pecgw serve runs every minute;
+//   - by Reconcile at the next start, for transactions a crash cut.
 //
-// Each late delivery appends a handed-off record with the transaction's
-// fields and time reference; Detail says how and when.
+// Each late delivery commits the submission in the dedup store
+// (Remember, which drops the hold) and appends a handed-off record with
+// the transaction's fields and time reference; Detail says how and when.
 
 // ReceiptSpool keeps receipts until they are handed off (delivery.Spool).
 type ReceiptSpool interface {
@@ -95,16 +98,39 @@ func deliverSpooled(ctx context.Context, mailboxes delivery.Target, e *delivery.
 	return &rec, nil
 }
 
-// redeliver delivers the spooled receipt of pecID when its envelope is
-// known to be out (the entry is marked so), logs it and removes the
-// entry. No entry, or one of another state, is nothing to do. A
-// transaction or another redelivery holding the entry gives ErrInFlight.
-func (a *Acceptor) redeliver(ctx context.Context, pecID, how string) (bool, error) {
-	if a.Receipts == nil {
-		return false, nil
+// settleReceipt delivers the spooled receipt e, remembers its submission
+// in store (dropping the transaction's hold), appends the handed-off
+// record and removes e, in that order: a crash in between leaves e for
+// the next Reconcile, which finds the receipt already in a maildir
+// mailbox (or, over LMTP, delivers it once more: twice rather than never).
+func settleReceipt(ctx context.Context, log TransactionLog, mailboxes delivery.Target, store dedup.Store, spool ReceiptSpool,
+	e *delivery.SpoolEntry, how string, window time.Duration) error {
+	rec, err := deliverSpooled(ctx, mailboxes, e, how)
+	if err != nil {
+		return err
 	}
-	if !a.Receipts.Claim(pecID) {
-		return false, &InFlightError{}
+	if id, fp, ok := splitDedupKey(rec.DedupKey); ok && store != nil {
+		if err := store.Remember(ctx, id, fp, e.ID, durationOr(window, 7*24*time.Hour)); err != nil {
+			return fmt.Errorf("acceptance receipt of %s delivered, dedup not settled: %w", e.ID, err)
+		}
+	}
+	if _, _, err := log.Append(context.WithoutCancel(ctx), rec); err != nil {
+		return fmt.Errorf("log the late hand-off of %s: %w", e.ID, err)
+	}
+	if err := spool.Remove(e.ID); err != nil {
+		return fmt.Errorf("remove the spooled receipt of %s: %w", e.ID, err)
+	}
+	return nil
+}
+
+// settleOwed delivers the receipt owed by transaction pecID when this
+// process spooled it and knows its envelope is out (the entry is marked
+// so) and no transaction or redelivery holds it. want, when not "", is
+// the dedup_key the entry must carry (a retry settles only its own
+// submission). done is false when there was nothing to do here.
+func (a *Acceptor) settleOwed(ctx context.Context, pecID, want, how string) (done bool, err error) {
+	if a.Receipts == nil || !a.Receipts.Claim(pecID) {
+		return false, nil
 	}
 	defer a.Receipts.Done(pecID)
 	e, err := a.Receipts.Get(pecID)
@@ -115,20 +141,19 @@ func (a *Acceptor) redeliver(ctx context.Context, pecID, how string) (bool, erro
 		return false, err
 	}
 	if e.State != delivery.SpoolOut {
-		// pending: a crash's, resolved by Reconcile at start, or a
-		// leftover of a completed transaction; unconfirmed: the
+		// Pending: its outcome is for Reconcile to find in the log at the
+		// next start (a retry meanwhile gets 451). Unconfirmed: the
 		// operator's.
 		return false, nil
 	}
-	rec, err := deliverSpooled(ctx, a.Mailboxes, e, how)
-	if err != nil {
+	if want != "" {
+		var rec logstore.Record
+		if json.Unmarshal(e.Record, &rec) != nil || rec.DedupKey != want {
+			return false, nil
+		}
+	}
+	if err := settleReceipt(ctx, a.Log, a.Mailboxes, a.Dedup, a.Receipts, e, how, a.DedupWindow); err != nil {
 		return false, err
-	}
-	if _, _, err := a.Log.Append(context.WithoutCancel(ctx), rec); err != nil {
-		return false, fmt.Errorf("log the late hand-off of %s: %w", pecID, err)
-	}
-	if err := a.Receipts.Remove(pecID); err != nil {
-		return true, fmt.Errorf("remove the spooled receipt of %s: %w", pecID, err)
 	}
 	return true, nil
 }
@@ -151,8 +176,8 @@ func (a *Acceptor) RedeliverReceipts(ctx context.Context) (int, error) {
 		if states[id] != delivery.SpoolOut || ctx.Err() != nil {
 			continue
 		}
-		ok, err := a.redeliver(ctx, id, "by the periodic redelivery at "+a.nowText())
-		if err != nil && !errors.Is(err, ErrInFlight) {
+		ok, err := a.settleOwed(ctx, id, "", "by the periodic redelivery at "+a.nowText())
+		if err != nil {
 			errs = append(errs, err)
 		}
 		if ok {

@@ -15,17 +15,21 @@ import (
 	"github.com/pecgw/pecgw/pec"
 )
 
-// Details of the records Reconcile appends; each is followed by the
-// instant the reconciliation ran.
+// Details of the records Reconcile appends; each is followed by what
+// became of the receipt and the instant the reconciliation ran.
 const (
 	reconciledFound = "reconciled after a restart: envelope found in outbound"
-	// reconciledNoReceipt follows reconciledFound when no receipt was
-	// spooled (no spool, or a crash before the spool entry was written,
-	// which is before the envelope hand-off: not the case of a found
-	// envelope unless the spool was added meanwhile).
+	// reconciledSpooledOut: the receipt spool recorded that the envelope
+	// was out (its receipt's hand-off had failed).
+	reconciledSpooledOut = "reconciled after a restart: envelope handed off (as the receipt spool recorded)"
+	// reconciledNoReceipt follows the handed-off Detail when no receipt
+	// was spooled (no spool configured), so none could be delivered.
 	reconciledNoReceipt = ", receipt delivery not confirmed"
 	reconciledNotFound  = "reconciled after a restart: the envelope was not handed off"
-	reconciledUnknown   = "reconciled after a restart: hand-off outcome unknown (next-hop SMTP)"
+	// reconciledNoHold: the shared dedup store has no hold of the
+	// transaction, which it takes before the envelope hand-off.
+	reconciledNoHold  = "reconciled after a restart: the envelope was not handed off (no dedup hold was taken)"
+	reconciledUnknown = "reconciled after a restart: hand-off outcome unknown (next-hop SMTP)"
 )
 
 // Report counts what Reconcile found.
@@ -33,12 +37,15 @@ type Report struct {
 	// Incomplete transactions: a busta-trasporto record with neither a
 	// handed-off nor an aborted one.
 	Incomplete int
-	// Found: the envelope is in the outbound maildir (now handed-off).
+	// Found: the envelope is out (in the outbound maildir, or recorded
+	// so by the receipt spool); now handed-off.
 	Found int
-	// NotFound: the envelope is not in the outbound maildir (now aborted).
+	// NotFound: the envelope is not in the outbound maildir, or the
+	// shared dedup store shows the transaction never took its hold; now
+	// aborted.
 	NotFound int
-	// Unknown: the outbound target cannot be searched (next-hop SMTP);
-	// now aborted, and remembered by the dedup store.
+	// Unknown: the outbound target cannot be searched (next-hop SMTP) and
+	// nothing else tells; now aborted, and remembered by the dedup store.
 	Unknown int
 	// Remembered: dedup entries written for found or unknown envelopes.
 	Remembered int
@@ -51,6 +58,10 @@ type Report struct {
 	// ReceiptsUnconfirmed: spooled receipts whose envelope's fate is
 	// unknown (next-hop SMTP), kept as <id>.unconfirmed for the operator.
 	ReceiptsUnconfirmed int
+	// DedupUnsettled: completed transactions whose dedup state (a hold
+	// to drop, a commit to redo) could not be settled, the store being
+	// unreachable; their retries get 451 until a later start settles it.
+	DedupUnsettled int
 }
 
 // ReconcileInput is what Reconcile works on: the node's log, dedup store,
@@ -64,44 +75,65 @@ type ReconcileInput struct {
 	Receipts  ReceiptSpool  // nil: no spool
 	Window    time.Duration // how far back to read the log (the dedup window; 7 days when 0)
 	Now       time.Time
+	// DedupFailOpen is dedup.on_error = "accept": an envelope may then
+	// have gone out without a hold, so a missing hold proves nothing.
+	DedupFailOpen bool
 }
 
+// holdReporter is a store whose holds outlive the process (dedup.Redis).
+type holdReporter interface {
+	Held(ctx context.Context, id, fingerprint, pecID string) (bool, error)
+}
+
+// fate is what is known of an envelope's hand-off.
+type fate int
+
+const (
+	fateUnknown fate = iota
+	fateOut
+	fateNotOut
+)
+
 // Reconcile completes, at start and before any listener, the acceptance
-// transactions that a crash left half done: logged as emitted
-// (busta-trasporto) but neither handed-off nor aborted. The dedup hold
-// of such a transaction is gone with the process (the embedded store
-// keeps leases in memory) or, in a shared Redis, blocks retries with 451
-// until resolved here; without this a client's retry of a submission
-// whose envelope went out would be certified again: a second envelope
-// (invariant 3 of ARCHITECTURE.md).
+// transactions that a crash (or a failure) left half done, so that a
+// client's retry gets the right answer: the original identifier when the
+// envelope went out (never a second envelope, invariant 3 of
+// ARCHITECTURE.md), a new certification when it did not, and never a 250
+// before the receipt is out (invariant 1).
 //
-// It reads the records of the last window from the log, and for each
-// incomplete transaction:
+// It reads the records of the last window from the log. For each
+// transaction logged as emitted (busta-trasporto) but neither handed-off
+// nor aborted, it finds out whether the envelope went out: the receipt
+// spool says so (<id>.out), or outbound is a delivery.Finder (maildir)
+// and holds it or not, or the store is a shared Redis without a hold of
+// the transaction (taken before any hand-off, so: not out); otherwise the
+// outcome is unknown (next-hop SMTP). Then:
 //
-//   - outbound is a delivery.Finder and holds the envelope: its spooled
-//     receipt is delivered (unless the sender's mailbox has it already),
-//     the store remembers the submission (dedup_key) with its PEC
-//     identifier and a handed-off record is appended;
-//   - outbound is a Finder without the envelope: the spooled receipt is
-//     dropped, the store abandons the transaction's hold, an aborted
-//     record is appended, and a retry is certified as new;
-//   - outbound cannot be searched (next-hop SMTP): the store remembers
-//     the submission, an aborted record says the outcome is unknown, and
-//     the spooled receipt is kept as unconfirmed: pecgw never certifies
-//     the acceptance of an envelope it cannot show was sent.
+//   - out: its spooled receipt is delivered (unless the sender's mailbox
+//     has it already), the store remembers the submission (dedup_key)
+//     with its PEC identifier, dropping the hold, and a handed-off record
+//     is appended;
+//   - not out: the spooled receipt is dropped, the store abandons the
+//     hold, an aborted record is appended, and a retry is certified as
+//     new;
+//   - unknown: the store remembers the submission (at most one envelope
+//     is favoured over the certainty that one went out), an aborted
+//     record says the outcome is unknown, and the spooled receipt is kept
+//     as unconfirmed: pecgw never certifies the acceptance of an envelope
+//     it cannot show was sent.
 //
-// Then every other spooled receipt is resolved the same way: delivered
-// when its envelope is out (marked so by a failed receipt hand-off, or
-// found in outbound), dropped when its transaction completed or its
-// envelope is not out.
+// Then every other spooled receipt is resolved the same way, and the
+// dedup state of completed transactions is settled: the hold of one
+// aborted before its hand-off is abandoned (its release may have been
+// lost), one whose commit failed is remembered.
 //
 // The store and the receipt are dealt with before the record, so that a
 // failure leaves the transaction incomplete for the next start. Appended
 // records copy the busta-trasporto record, including its time: the time
 // reference is the transaction's (DM 2 novembre 2005 art. 9); when the
-// reconciliation ran is in Detail. Running Reconcile again finds nothing
-// to do. A store nil or records without dedup_key (no client Message-ID)
-// remember nothing.
+// reconciliation ran is in Detail. Running Reconcile again appends
+// nothing. A store nil or records without dedup_key (no client
+// Message-ID) remember nothing.
 func Reconcile(ctx context.Context, in ReconcileInput) (Report, error) {
 	var rep Report
 	window := durationOr(in.Window, 7*24*time.Hour)
@@ -132,16 +164,50 @@ func Reconcile(ctx context.Context, in ReconcileInput) (Report, error) {
 		return rep, fmt.Errorf("reconcile: read the log: %w", err)
 	}
 	finder, _ := in.Outbound.(delivery.Finder)
-	ran := pec.At(in.Now).Time().Format(time.RFC3339)
-	// envelopeOut: whether the envelope of b is in outbound (Finder only).
-	envelopeOut := func(b *logstore.Record) (bool, error) {
-		envID := b.PECID
-		if b.Generated != nil && b.Generated.Envelope != "" {
-			envID = b.Generated.Envelope
-		}
-		return finder.HasMessage(envID)
+	holds, _ := in.Store.(holdReporter)
+	if in.DedupFailOpen {
+		holds = nil
 	}
-	resolved := map[string]bool{} // spool entries dealt with below
+	ran := pec.At(in.Now).Time().Format(time.RFC3339)
+	// envelopeFate: whether the envelope of the transaction b (its
+	// busta-trasporto record, or the record its receipt was spooled
+	// with) went out, and the Detail that says how it is known.
+	envelopeFate := func(b *logstore.Record, e *delivery.SpoolEntry) (fate, string, error) {
+		switch {
+		case e != nil && e.State == delivery.SpoolOut:
+			return fateOut, reconciledSpooledOut, nil
+		case finder != nil:
+			envID := b.PECID
+			if b.Generated != nil && b.Generated.Envelope != "" {
+				envID = b.Generated.Envelope
+			}
+			found, err := finder.HasMessage(envID)
+			if err != nil || !found {
+				return fateNotOut, reconciledNotFound, err
+			}
+			return fateOut, reconciledFound, nil
+		}
+		if id, fp, ok := splitDedupKey(b.DedupKey); ok && holds != nil {
+			held, err := holds.Held(ctx, id, fp, b.PECID)
+			if err != nil || !held {
+				return fateNotOut, reconciledNoHold, err
+			}
+		}
+		return fateUnknown, reconciledUnknown, nil
+	}
+	// spooled returns the spool entry of id, nil when there is none.
+	spooled := func(id string) (*delivery.SpoolEntry, error) {
+		if in.Receipts == nil {
+			return nil, nil
+		}
+		e, err := in.Receipts.Get(id)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return e, err
+	}
+
+	resolved := map[string]bool{} // spool entries dealt with in the first pass
 	for _, id := range order {
 		st := txs[id]
 		if st.busta == nil || st.done {
@@ -151,72 +217,54 @@ func Reconcile(ctx context.Context, in ReconcileInput) (Report, error) {
 			return rep, err
 		}
 		rep.Incomplete++
+		resolved[id] = true
 		b := st.busta
-		var (
-			typ      logstore.Event
-			detail   string
-			remember bool // the envelope is or may be out: a retry gets this id
-		)
-		switch {
-		case finder == nil:
-			// Policy: the next hop may or may not have taken the
-			// envelope, and cannot be asked. A retry is answered with
-			// this identifier rather than certified again: at most one
-			// envelope (invariant 3) is favoured over certainty that one
-			// went out, and the aborted record tells the operator that
-			// the outcome is unknown, to be checked with the next hop.
-			typ, detail, remember = logstore.EventAborted, reconciledUnknown, true
-			rep.Unknown++
-		default:
-			found, err := envelopeOut(b)
-			if err != nil {
-				return rep, fmt.Errorf("reconcile %s: %w", b.PECID, err)
-			}
-			if found {
-				typ, detail, remember = logstore.EventHandedOff, reconciledFound, true
-				rep.Found++
-			} else {
-				typ, detail = logstore.EventAborted, reconciledNotFound
-				rep.NotFound++
-			}
+		e, err := spooled(id)
+		if err != nil {
+			return rep, fmt.Errorf("reconcile %s: %w", id, err)
 		}
-		if in.Receipts != nil {
-			resolved[id] = true
-			e, err := in.Receipts.Get(id)
-			switch {
-			case errors.Is(err, fs.ErrNotExist):
-				if typ == logstore.EventHandedOff {
-					detail += reconciledNoReceipt
-				}
-			case err != nil:
+		f, detail, err := envelopeFate(b, e)
+		if err != nil {
+			return rep, fmt.Errorf("reconcile %s: %w", id, err)
+		}
+		typ := logstore.EventAborted
+		switch f {
+		case fateOut:
+			typ = logstore.EventHandedOff
+			rep.Found++
+			if e == nil {
+				detail += reconciledNoReceipt
+				break
+			}
+			rec, err := deliverSpooled(ctx, in.Mailboxes, e, "")
+			if err != nil {
 				return rep, fmt.Errorf("reconcile %s: %w", id, err)
-			case typ == logstore.EventHandedOff:
-				rec, err := deliverSpooled(ctx, in.Mailboxes, e, "")
-				if err != nil {
-					return rep, fmt.Errorf("reconcile %s: %w", id, err)
-				}
-				detail += "; " + strings.TrimSpace(rec.Detail)
-				rep.Receipts++
-			case detail == reconciledUnknown:
-				if err := in.Receipts.Mark(id, delivery.SpoolUnconfirmed); err != nil {
-					return rep, fmt.Errorf("reconcile %s: %w", id, err)
-				}
-				detail += "; acceptance receipt kept unconfirmed"
-				rep.ReceiptsUnconfirmed++
-			default:
+			}
+			detail += "; " + strings.TrimSpace(rec.Detail)
+			rep.Receipts++
+		case fateNotOut:
+			rep.NotFound++
+			if e != nil {
 				if err := in.Receipts.Remove(id); err != nil {
 					return rep, fmt.Errorf("reconcile %s: %w", id, err)
 				}
 				rep.ReceiptsDropped++
 			}
-		} else if typ == logstore.EventHandedOff {
-			detail += reconciledNoReceipt
+		default:
+			rep.Unknown++
+			if e != nil {
+				if err := in.Receipts.Mark(id, delivery.SpoolUnconfirmed); err != nil {
+					return rep, fmt.Errorf("reconcile %s: %w", id, err)
+				}
+				detail += "; acceptance receipt kept unconfirmed"
+				rep.ReceiptsUnconfirmed++
+			}
 		}
 		if dk, fp, ok := splitDedupKey(b.DedupKey); ok && in.Store != nil {
 			// Either way the transaction's hold (dedup.Store.Prepare), if
 			// it took one, is resolved: a shared store's other instances
 			// answer the retry 451 until this is done.
-			if remember {
+			if f != fateNotOut {
 				if err := in.Store.Remember(ctx, dk, fp, b.PECID, window); err != nil {
 					return rep, fmt.Errorf("reconcile %s: dedup: %w", b.PECID, err)
 				}
@@ -229,91 +277,108 @@ func Reconcile(ctx context.Context, in ReconcileInput) (Report, error) {
 		if _, _, err := in.Log.Append(ctx, &rec); err != nil {
 			return rep, fmt.Errorf("reconcile %s: log: %w", b.PECID, err)
 		}
-		if typ == logstore.EventHandedOff && in.Receipts != nil {
+		if f == fateOut && e != nil {
 			if err := in.Receipts.Remove(id); err != nil {
 				return rep, fmt.Errorf("reconcile %s: %w", id, err)
 			}
 		}
 	}
-	if in.Receipts == nil {
-		return rep, nil
-	}
-	// The other spooled receipts: of transactions that completed, or
-	// whose receipt hand-off failed after the envelope went out.
-	states, ids, err := in.Receipts.List()
-	if err != nil {
-		return rep, fmt.Errorf("reconcile: %w", err)
-	}
-	for _, id := range ids {
-		if resolved[id] || states[id] == delivery.SpoolUnconfirmed {
-			continue
-		}
-		if err := ctx.Err(); err != nil {
-			return rep, err
-		}
-		st := txs[id]
-		if st == nil {
-			// Older than the window, or never logged: read its records.
-			st = &txState{}
-			err := logstore.Query(in.LogDir, logstore.Filter{PECID: id}, func(h logstore.Hit) error {
-				if h.Record.PECID == id {
-					st.add(h.Record)
-				}
-				return nil
-			})
-			if err != nil {
-				return rep, fmt.Errorf("reconcile %s: read the log: %w", id, err)
-			}
-		}
-		e, err := in.Receipts.Get(id)
+
+	// The other spooled receipts: of completed transactions (a removal
+	// lost in a crash), or of transactions whose receipt hand-off failed
+	// after the envelope went out.
+	if in.Receipts != nil {
+		states, ids, err := in.Receipts.List()
 		if err != nil {
 			return rep, fmt.Errorf("reconcile: %w", err)
 		}
-		var out, known bool
-		switch {
-		case st.busta == nil:
-			// The spool entry is written alongside the write-ahead
-			// records, and the envelope handed off only after both: no
-			// busta-trasporto record, no envelope (invariant 2).
-			out, known = false, true
-		case st.receiptOut:
-			out, known = false, true // delivered already: drop
-		case e.State == delivery.SpoolOut || st.receiptOwed:
-			out, known = true, true
-		case finder != nil:
-			var rec logstore.Record
-			if err := json.Unmarshal(e.Record, &rec); err != nil {
-				return rep, fmt.Errorf("reconcile: spooled receipt %s: %w", id, err)
+		for _, id := range ids {
+			if resolved[id] || states[id] == delivery.SpoolUnconfirmed {
+				continue
 			}
-			found, err := envelopeOut(&rec)
+			if err := ctx.Err(); err != nil {
+				return rep, err
+			}
+			st := txs[id]
+			if st == nil {
+				// Older than the window, or never logged: read its records.
+				if st, err = txStateOf(in.LogDir, id); err != nil {
+					return rep, fmt.Errorf("reconcile %s: read the log: %w", id, err)
+				}
+			}
+			e, err := in.Receipts.Get(id)
 			if err != nil {
-				return rep, fmt.Errorf("reconcile %s: %w", id, err)
+				return rep, fmt.Errorf("reconcile: %w", err)
 			}
-			out, known = found, true
+			f := fateUnknown
+			switch {
+			case st.busta == nil:
+				// The spool entry is written alongside the write-ahead
+				// records and the envelope handed off only after both: no
+				// busta-trasporto record, no envelope (invariant 2).
+				f = fateNotOut
+			case st.receiptOut, st.notOut:
+				f = fateNotOut // nothing to deliver: drop the entry
+			case st.receiptOwed:
+				f = fateOut
+			default:
+				var rec logstore.Record
+				if err := json.Unmarshal(e.Record, &rec); err != nil {
+					return rep, fmt.Errorf("reconcile: spooled receipt %s: %w", id, err)
+				}
+				if f, _, err = envelopeFate(&rec, e); err != nil {
+					return rep, fmt.Errorf("reconcile %s: %w", id, err)
+				}
+			}
+			switch f {
+			case fateOut:
+				if err := settleReceipt(ctx, in.Log, in.Mailboxes, in.Store, in.Receipts, e, "by the reconciliation at "+ran, window); err != nil {
+					return rep, fmt.Errorf("reconcile %s: %w", id, err)
+				}
+				rep.Receipts++
+			case fateNotOut:
+				if err := in.Receipts.Remove(id); err != nil {
+					return rep, fmt.Errorf("reconcile %s: %w", id, err)
+				}
+				rep.ReceiptsDropped++
+			default:
+				if err := in.Receipts.Mark(id, delivery.SpoolUnconfirmed); err != nil {
+					return rep, fmt.Errorf("reconcile %s: %w", id, err)
+				}
+				rep.ReceiptsUnconfirmed++
+			}
 		}
-		switch {
-		case !known:
-			if err := in.Receipts.Mark(id, delivery.SpoolUnconfirmed); err != nil {
-				return rep, fmt.Errorf("reconcile %s: %w", id, err)
+	}
+
+	// The dedup state of completed transactions, which their process
+	// may not have settled: a release after a failed hand-off, a commit
+	// after a successful one, both retried in the background only while
+	// the process lived. Both are idempotent.
+	if in.Store != nil {
+		for _, id := range order {
+			st := txs[id]
+			if st.busta == nil || !st.done {
+				continue
 			}
-			rep.ReceiptsUnconfirmed++
-		case out:
-			rec, err := deliverSpooled(ctx, in.Mailboxes, e, "by the reconciliation at "+ran)
-			if err != nil {
-				return rep, fmt.Errorf("reconcile %s: %w", id, err)
+			dk, fp, ok := splitDedupKey(st.busta.DedupKey)
+			if !ok {
+				continue
 			}
-			if _, _, err := in.Log.Append(ctx, rec); err != nil {
-				return rep, fmt.Errorf("reconcile %s: log: %w", id, err)
+			var err error
+			switch {
+			case st.notOut:
+				err = in.Store.Abandon(ctx, dk, id)
+			case st.commitOwed:
+				err = in.Store.Remember(ctx, dk, fp, id, window)
 			}
-			if err := in.Receipts.Remove(id); err != nil {
-				return rep, fmt.Errorf("reconcile %s: %w", id, err)
+			switch {
+			case errors.Is(err, dedup.ErrUnavailable):
+				// Not needed for safety (a retry meanwhile gets 451):
+				// tried again at the next start.
+				rep.DedupUnsettled++
+			case err != nil:
+				return rep, fmt.Errorf("reconcile %s: dedup: %w", id, err)
 			}
-			rep.Receipts++
-		default:
-			if err := in.Receipts.Remove(id); err != nil {
-				return rep, fmt.Errorf("reconcile %s: %w", id, err)
-			}
-			rep.ReceiptsDropped++
 		}
 	}
 	return rep, nil
@@ -329,6 +394,10 @@ type txState struct {
 	// receiptOwed: an aborted record says the envelope went out and the
 	// receipt did not.
 	receiptOwed bool
+	// notOut: an aborted record says the envelope was not handed off.
+	notOut bool
+	// commitOwed: a handed-off record says the dedup commit failed.
+	commitOwed bool
 }
 
 // add takes one record of the transaction into account.
@@ -344,12 +413,30 @@ func (st *txState) add(r *logstore.Record) {
 		if !strings.Contains(r.Detail, reconciledNoReceipt) {
 			st.receiptOut = true
 		}
+		if strings.Contains(r.Detail, dedupCommitFailed) {
+			st.commitOwed = true
+		}
 	case logstore.EventAborted:
 		st.done = true
-		if strings.HasPrefix(r.Detail, abortReceiptNotDelivered) {
+		switch {
+		case strings.HasPrefix(r.Detail, abortReceiptNotDelivered):
 			st.receiptOwed = true
+		case strings.Contains(r.Detail, notHandedOff), strings.HasPrefix(r.Detail, reconciledNotFound):
+			st.notOut = true
 		}
 	}
+}
+
+// txStateOf reads the records of transaction id from the whole log.
+func txStateOf(logDir, id string) (*txState, error) {
+	st := &txState{}
+	err := logstore.Query(logDir, logstore.Filter{PECID: id}, func(h logstore.Hit) error {
+		if h.Record.PECID == id {
+			st.add(h.Record)
+		}
+		return nil
+	})
+	return st, err
 }
 
 // reconciledRecord copies the busta-trasporto record b as a record of

@@ -163,7 +163,7 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 	// Transactions a crash left half done, before any client can retry.
 	rep, err := gateway.Reconcile(context.Background(), gateway.ReconcileInput{
 		LogDir: lo.Dir, Log: s.txlog, Store: store, Outbound: outbound, Mailboxes: mailboxes,
-		Receipts: spool, Window: cfg.Dedup.Window, Now: time.Now(),
+		Receipts: spool, Window: cfg.Dedup.Window, Now: time.Now(), DedupFailOpen: cfg.Dedup.OnError == "accept",
 	})
 	if err != nil {
 		s.closeAll()
@@ -174,7 +174,7 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 			zap.Int("incomplete", rep.Incomplete), zap.Int("found", rep.Found),
 			zap.Int("not_found", rep.NotFound), zap.Int("unknown", rep.Unknown),
 			zap.Int("receipts_delivered", rep.Receipts), zap.Int("receipts_dropped", rep.ReceiptsDropped),
-			zap.Int("receipts_unconfirmed", rep.ReceiptsUnconfirmed))
+			zap.Int("receipts_unconfirmed", rep.ReceiptsUnconfirmed), zap.Int("dedup_unsettled", rep.DedupUnsettled))
 	}
 	if rep.ReceiptsUnconfirmed > 0 {
 		logger.Warn("acceptance receipts kept unconfirmed: check with the next hop whether their envelopes arrived",

@@ -1,0 +1,201 @@
+package gateway
+
+// Crash and failure interleavings found by a review of the dedup holds
+// and the receipt spool; each failed before its fix.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pecgw/pecgw/dedup"
+	"github.com/pecgw/pecgw/delivery"
+	"github.com/pecgw/pecgw/internal/testtool"
+)
+
+type releaseFails struct{ dedup.Store }
+
+func (s releaseFails) Release(ctx context.Context, k dedup.Key, token string) error {
+	return fmt.Errorf("%w: injected", dedup.ErrUnavailable) // or: SIGKILL right after the abort record
+}
+
+type commitFails struct{ dedup.Store }
+
+func (s commitFails) Commit(ctx context.Context, k dedup.Key, token, pecID string, window time.Duration) error {
+	return fmt.Errorf("%w: injected", dedup.ErrUnavailable)
+}
+
+// prepareCrash kills the process at Prepare (before it reaches Redis).
+type prepareCrash struct{ crashStore }
+
+func (s prepareCrash) Prepare(ctx context.Context, k dedup.Key, token, pecID string, hold time.Duration) error {
+	s.c.dead.Store(true)
+	return errCrashed
+}
+
+// dyingTarget fails the hand-off and kills the process right after the
+// caller's next durable step (the crash switch stops the log).
+type dyingTarget struct{ c *crashSwitch }
+
+func (d dyingTarget) Deliver(ctx context.Context, m *delivery.Message) error {
+	d.c.dead.Store(true)
+	return errors.New("mailbox down")
+}
+
+// 1. Envelope hand-off fails, abort record written, Release lost (Redis
+// blip, or SIGKILL between the abort record and the deferred Release).
+// Reconcile skips the aborted transaction: the hold blocks the key for the
+// whole window although nothing was sent.
+func TestOrphanHoldAfterAbortIsAbandoned(t *testing.T) {
+	r := testtool.StartRedis(t)
+	n := newRedisNode(t, r.Addr)
+	a := *n.a
+	a.Outbound = &recordingTarget{fail: errors.New("next hop down")}
+	a.Dedup = releaseFails{n.store}
+	if _, err := a.Process(context.Background(), retry()); err == nil {
+		t.Fatal("want the hand-off failure")
+	}
+	n.restart(t, nil)
+	if _, err := n.a.Process(context.Background(), retry()); err != nil {
+		t.Fatalf("retry after restart and Reconcile: %v (the hold of an aborted transaction is never resolved)", err)
+	}
+}
+
+// 2. Commit fails after the envelope went out (commitLater pending), then
+// the process is restarted: the transaction is complete in the log, so
+// Reconcile ignores it and the hold stays for the window.
+func TestFailedCommitRememberedAtRestart(t *testing.T) {
+	r := testtool.StartRedis(t)
+	n := newRedisNode(t, r.Addr)
+	a := *n.a
+	a.Dedup = commitFails{n.store}
+	o, err := a.Process(context.Background(), retry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.restart(t, nil)
+	o2, err := n.a.Process(context.Background(), retry())
+	if err != nil || !o2.Duplicate || o2.ID != o.ID {
+		t.Fatalf("retry after restart: %+v, %v; want duplicate of %s", o2, err, o.ID)
+	}
+}
+
+// 3. Two instances, next-hop SMTP outbound (no Finder). A dies after its
+// write-ahead records, before Prepare: its envelope never left. The lease
+// expires; the client's retry on B is certified (B-id, one envelope). A
+// restarts: Reconcile "remembers" A-id, overwriting B-id: every later retry
+// is told A-id, an identifier whose envelope was never sent.
+func TestReconcileKeepsTwinsCommit(t *testing.T) {
+	r := testtool.StartRedis(t)
+	na, nb := newRedisNode(t, r.Addr), newRedisNode(t, r.Addr)
+	c := &crashSwitch{}
+	a := *na.a
+	a.DedupLease = 300 * time.Millisecond
+	a.Log = crashLog{na.log, c}
+	a.Dedup = prepareCrash{crashStore{na.store, c}}
+	a.Receipts = crashSpool{na.spool, c}
+	if _, err := a.Process(context.Background(), retry()); !errors.Is(err, errCrashed) {
+		t.Fatalf("want the crash, got %v", err)
+	}
+	aID := na.lastBusta(t).PECID
+	if na.envelopes(t) != 0 {
+		t.Fatal("A handed its envelope off")
+	}
+	time.Sleep(500 * time.Millisecond) // the lease expires
+	ob, err := nb.a.Process(context.Background(), retry())
+	if err != nil || ob.Duplicate {
+		t.Fatalf("retry on B: %+v %v", ob, err)
+	}
+	na.restart(t, &recordingTarget{}) // next-hop SMTP: not a Finder
+	o, err := nb.a.Process(context.Background(), retry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.ID != ob.ID || o.ID == aID {
+		t.Fatalf("retry now answered with %s, want %s (B's, sent), not %s (A's, never sent)", o.ID, ob.ID, aID)
+	}
+	// A's log says its envelope was not handed off: Redis had no hold.
+	recs := na.records(t, aID)
+	if last := recs[len(recs)-1]; last.Type != "aborted" || !strings.HasPrefix(last.Detail, reconciledNoHold) {
+		t.Errorf("A's last record: %+v", last)
+	}
+}
+
+// 4. Next-hop SMTP outbound. Envelope out, committed, receipt hand-off
+// fails, Mark(out) done, SIGKILL before the abort record. Reconcile
+// ignores the spool's "out" state and marks the receipt unconfirmed;
+// the retry is answered 250 and the receipt is never delivered.
+func TestSpooledOutDeliveredWithNextHop(t *testing.T) {
+	n := newNode(t)
+	c := &crashSwitch{}
+	a := *n.a
+	a.Outbound = &recordingTarget{}
+	a.Mailboxes = dyingTarget{c}
+	a.Log = crashLog{n.log, c}
+	a.Dedup = crashStore{n.store, c}
+	a.Receipts = n.spool // Mark(out) reaches the disk
+	if _, err := a.Process(context.Background(), retry()); err == nil {
+		t.Fatal("want an error")
+	}
+	b := n.lastBusta(t)
+	if e, err := n.spool.Get(b.PECID); err != nil || e.State != delivery.SpoolOut {
+		t.Fatalf("spool before restart: %+v %v", e, err)
+	}
+	if rep := n.restart(t, &recordingTarget{}); rep.Found != 1 || rep.Receipts != 1 {
+		t.Errorf("reconciliation: %+v, want the envelope out and the receipt delivered", rep)
+	}
+	n.checkReceipts(t, b, 1)
+	o, err := n.a.Process(context.Background(), retry())
+	if err != nil || !o.Duplicate || o.ID != b.PECID {
+		t.Errorf("retry: %+v, %v; want a duplicate of %s", o, err, b.PECID)
+	}
+	if err == nil && o.Accepted && n.receiptFiles(t) == 0 {
+		e, _ := n.spool.Get(b.PECID)
+		t.Fatalf("retry answered 250 (%s) while the receipt, known to be owed (spool state was out), is %v and was never delivered", o.ID, e.State)
+	}
+}
+
+// 5. Two instances. A: envelope out, committed, receipt hand-off fails
+// (kept "out" in A's spool), 451. The client retries on B: Duplicate,
+// B's spool has nothing, 250 while the receipt is not delivered.
+func TestOwedReceiptBlocksOtherInstance(t *testing.T) {
+	r := testtool.StartRedis(t)
+	na, nb := newRedisNode(t, r.Addr), newRedisNode(t, r.Addr)
+	a := *na.a
+	a.Mailboxes = &recordingTarget{fail: errors.New("mailbox down")}
+	if _, err := a.Process(context.Background(), retry()); err == nil {
+		t.Fatal("want an error")
+	}
+	o, err := nb.a.Process(context.Background(), retry())
+	if err == nil && o.Accepted && na.receiptFiles(t)+nb.receiptFiles(t) == 0 {
+		t.Fatalf("B answered 250 (%s) before the receipt was handed off (invariant 1)", o.ID)
+	}
+	if !errors.Is(err, ErrInFlight) {
+		t.Fatalf("retry on B: %+v, %v; want in flight", o, err)
+	}
+	// A's periodic redelivery (its mailboxes are back) settles it; then
+	// B answers with A's identifier.
+	if got, err := na.a.RedeliverReceipts(context.Background()); got != 1 || err != nil {
+		t.Fatalf("A's redelivery: %d, %v", got, err)
+	}
+	b := na.lastBusta(t)
+	na.checkReceipts(t, b, 1)
+	o, err = nb.a.Process(context.Background(), retry())
+	if err != nil || !o.Duplicate || o.ID != b.PECID {
+		t.Fatalf("retry on B after the redelivery: %+v, %v; want a duplicate of %s", o, err, b.PECID)
+	}
+}
+
+// 6. A provider domain written as an IDN U-label passes config validation
+// (idna.ToASCII) but the PEC id then has non-ASCII letters, which
+// delivery.spoolName refuses: every acceptance aborts with 451.
+func TestIDNProviderDomain(t *testing.T) {
+	n := newNode(t)
+	n.a.Provider.Domain = "pec.città.it"
+	if _, err := n.a.Process(context.Background(), retry()); err != nil {
+		t.Fatalf("acceptance with an IDN provider domain: %v", err)
+	}
+}
