@@ -444,7 +444,10 @@ func newLogger(cfg *config.Config, stderr io.Writer) (*zap.Logger, error) {
 	} else {
 		enc = zapcore.NewConsoleEncoder(ec)
 	}
-	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(stderr), level)), nil
+	// Lock: entries come from every session's goroutine, and the writer
+	// (a bytes.Buffer in tests, a pipe under systemd) is not safe for
+	// concurrent writes; without it entries could interleave.
+	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(stderr)), level)), nil
 }
 
 // zapErrorLog routes go-smtp's own error log to zap.
