@@ -93,6 +93,16 @@ func (s State) String() string {
 	return "unknown"
 }
 
+// Trace is the answer of Store.Trace.
+type Trace int
+
+const (
+	TraceUnknown   Trace = iota // the store cannot say
+	TraceNone                   // neither held nor committed
+	TraceHeld                   // a hold naming the transaction
+	TraceCommitted              // committed with the transaction's PEC identifier
+)
+
 // Claim is the result of Store.Claim.
 type Claim struct {
 	State State
@@ -173,6 +183,14 @@ type Store interface {
 	// envelope went out). When Remember returns nil the record is durable,
 	// as for Commit.
 	Remember(ctx context.Context, id, fingerprint, pecID string, window time.Duration) error
+
+	// Trace tells what the store still knows of transaction pecID after
+	// its process died: committed for fingerprint (its envelope and
+	// receipt went out), held (it reached its hold: the envelope may be
+	// out), none (it never took its hold: the envelope was not handed
+	// off), or unknown (the store cannot say: the embedded store's holds
+	// die with the process).
+	Trace(ctx context.Context, id, fingerprint, pecID string) (Trace, error)
 
 	// Abandon drops a hold on id naming pecID, for reconciliation when the
 	// envelope of a transaction cut by a crash was not handed off: a retry

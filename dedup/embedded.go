@@ -383,6 +383,23 @@ func (e *Embedded) owned(ctx context.Context, k Key, token string, f func(*embEn
 	return nil
 }
 
+// Trace implements Store: a commit is in the journal; a hold lives in
+// memory only, so without a commit the answer is TraceUnknown.
+func (e *Embedded) Trace(ctx context.Context, id, fingerprint, pecID string) (Trace, error) {
+	if err := ctx.Err(); err != nil {
+		return TraceUnknown, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.usable(); err != nil {
+		return TraceUnknown, err
+	}
+	if c, ok := e.lookup(id, time.Now()).commitOf(fingerprint); ok && c.pecID == pecID {
+		return TraceCommitted, nil
+	}
+	return TraceUnknown, nil
+}
+
 // Abandon implements Store.
 func (e *Embedded) Abandon(ctx context.Context, id, pecID string) error {
 	if err := ctx.Err(); err != nil {

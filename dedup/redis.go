@@ -154,10 +154,10 @@ return 1
 `)
 
 // KEYS: lease, fp. ARGV: PEC id.
-var heldScript = redis.NewScript(luaLease + `
-if held(redis.call('GET', KEYS[1])) == ARGV[1] then return 1 end
-if redis.call('GET', KEYS[2]) == ARGV[1] then return 1 end
-return 0
+var traceScript = redis.NewScript(luaLease + `
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 'C' end
+if held(redis.call('GET', KEYS[1])) == ARGV[1] then return 'H' end
+return 'N'
 `)
 
 // KEYS: lease. ARGV: PEC id.
@@ -248,21 +248,26 @@ func (r *Redis) Remember(ctx context.Context, id, fingerprint, pecID string, win
 	return nil
 }
 
-// Held reports whether the transaction pecID reached its hold: a hold
-// naming it is still there, or it was committed for fingerprint. Since
-// Redis outlives the process, false after a crash means the transaction
-// never took its hold (Prepare), which comes before the envelope hand-off:
-// the envelope was not handed off (unless dedup.on_error = "accept" let it
-// go without a hold). The embedded store cannot say: its holds die with
-// the process.
-func (r *Redis) Held(ctx context.Context, id, fingerprint, pecID string) (bool, error) {
+// Trace implements Store. Redis outlives the process, so TraceNone after
+// a crash means the transaction never took its hold (Prepare), which
+// comes before the envelope hand-off — provided Redis keeps what it
+// acknowledged (persistence, no eviction) and the window has not passed.
+func (r *Redis) Trace(ctx context.Context, id, fingerprint, pecID string) (Trace, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	n, err := heldScript.Run(ctx, r.client, redisKeysOf(id, fingerprint)[:2], pecID).Int()
+	res, err := traceScript.Run(ctx, r.client, redisKeysOf(id, fingerprint)[:2], pecID).Text()
 	if err != nil {
-		return false, redisErr("held", err)
+		return TraceUnknown, redisErr("trace", err)
 	}
-	return n == 1, nil
+	switch res {
+	case "C":
+		return TraceCommitted, nil
+	case "H":
+		return TraceHeld, nil
+	case "N":
+		return TraceNone, nil
+	}
+	return TraceUnknown, fmt.Errorf("dedup: redis trace: unexpected reply %q", res)
 }
 
 // Abandon implements Store.

@@ -139,38 +139,53 @@ func TestNewRedisNeedsAddress(t *testing.T) {
 	}
 }
 
-// TestRedisHeld: Held tells a transaction that took its hold (or
-// committed) from one that never did, the reconciliation's evidence that
-// an envelope of unknown fate may have gone out.
-func TestRedisHeld(t *testing.T) {
-	s := newTestRedis(t, needRedis(t), 0)
-	ctx := context.Background()
-	held := func(k Key, pecID string) bool {
-		t.Helper()
-		ok, err := s.Held(ctx, k.ID(), k.Fingerprint(), pecID)
-		if err != nil {
-			t.Fatalf("Held: %v", err)
-		}
-		return ok
-	}
-	k := newKey("body")
-	c, err := s.Claim(ctx, k, time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if held(k, "pec-1") {
-		t.Error("a lease is not a hold")
-	}
-	if err := s.Prepare(ctx, k, c.Token, "pec-1", time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	if !held(k, "pec-1") || held(k, "pec-2") {
-		t.Error("hold of pec-1: Held wrong")
-	}
-	if err := s.Commit(ctx, k, c.Token, "pec-1", time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	if !held(k, "pec-1") || held(k, "pec-2") {
-		t.Error("commit of pec-1: Held wrong")
+// TestTrace: what a store still knows of a transaction, the
+// reconciliation's evidence after a crash.
+func TestTrace(t *testing.T) {
+	for _, st := range stores() {
+		t.Run(st.name, func(t *testing.T) {
+			s := st.open(t)
+			ctx := context.Background()
+			trace := func(k Key, pecID string) Trace {
+				t.Helper()
+				tr, err := s.Trace(ctx, k.ID(), k.Fingerprint(), pecID)
+				if err != nil {
+					t.Fatalf("Trace: %v", err)
+				}
+				return tr
+			}
+			// Redis knows; the embedded store cannot tell a hold from
+			// nothing (holds die with the process), only commits.
+			none, held := TraceNone, TraceHeld
+			if st.name == "embedded" {
+				none, held = TraceUnknown, TraceUnknown
+			}
+			k := newKey("body")
+			c, err := s.Claim(ctx, k, time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := trace(k, "pec-1"); got != none {
+				t.Errorf("lease: Trace = %v, want %v", got, none)
+			}
+			if err := s.Prepare(ctx, k, c.Token, "pec-1", time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			if got := trace(k, "pec-1"); got != held {
+				t.Errorf("hold: Trace = %v, want %v", got, held)
+			}
+			if got := trace(k, "pec-2"); got != none {
+				t.Errorf("hold of another id: Trace = %v, want %v", got, none)
+			}
+			if err := s.Commit(ctx, k, c.Token, "pec-1", time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			if got := trace(k, "pec-1"); got != TraceCommitted {
+				t.Errorf("commit: Trace = %v, want committed", got)
+			}
+			if got := trace(k, "pec-2"); got != none {
+				t.Errorf("commit of another id: Trace = %v, want %v", got, none)
+			}
+		})
 	}
 }

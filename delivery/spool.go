@@ -102,7 +102,7 @@ func spoolName(id string) (string, error) {
 			fmt.Fprintf(&b, "%%%02X", c)
 		}
 	}
-	if b.Len() > 200 {
+	if b.Len() > 240 { // NAME_MAX 255, less the longest suffix
 		return "", fmt.Errorf("delivery: spool: identifier too long (%d octets)", len(id))
 	}
 	return b.String(), nil

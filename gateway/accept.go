@@ -394,13 +394,21 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 			} else {
 				what += " (kept for a later delivery)"
 			}
-		case d != nil:
+		}
+		if d != nil && (!spooled || dedupSkipped) {
 			// No spool: the receipt cannot be delivered later, and a
 			// hold kept for it would answer every retry 451 until the
-			// window ends. The retry gets the identifier; the log proves
-			// the acceptance (RFC 6109 §2.3).
+			// window ends. No hold (on_error = accept): nothing would
+			// stop a second envelope. Either way the retry gets the
+			// identifier; the log proves the acceptance (RFC 6109 §2.3).
 			if cerr := a.Dedup.Commit(context.WithoutCancel(ctx), d.key, d.token, tx.ID, window); cerr != nil {
 				err = errors.Join(err, cerr)
+				what += "; " + dedupCommitFailed // Reconcile remembers it
+				if errors.Is(cerr, dedup.ErrUnavailable) {
+					go a.retryLater(func() error {
+						return a.Dedup.Commit(context.Background(), d.key, d.token, tx.ID, window)
+					})
+				}
 			}
 		}
 		return nil, a.abort(s, tx, what, err)

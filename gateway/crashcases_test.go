@@ -14,6 +14,7 @@ import (
 	"github.com/pecgw/pecgw/dedup"
 	"github.com/pecgw/pecgw/delivery"
 	"github.com/pecgw/pecgw/internal/testtool"
+	"github.com/pecgw/pecgw/logstore"
 )
 
 type releaseFails struct{ dedup.Store }
@@ -197,5 +198,127 @@ func TestIDNProviderDomain(t *testing.T) {
 	n.a.Provider.Domain = "pec.città.it"
 	if _, err := n.a.Process(context.Background(), retry()); err != nil {
 		t.Fatalf("acceptance with an IDN provider domain: %v", err)
+	}
+}
+
+type rememberFails struct{ dedup.Store }
+
+func (s rememberFails) Remember(ctx context.Context, id, fp, pecID string, window time.Duration) error {
+	return fmt.Errorf("%w: injected", dedup.ErrUnavailable)
+}
+
+type prepareUnavailable struct{ dedup.Store }
+
+func (s prepareUnavailable) Prepare(ctx context.Context, k dedup.Key, token, pecID string, hold time.Duration) error {
+	return fmt.Errorf("%w: injected", dedup.ErrUnavailable)
+}
+
+// commitThenCrash commits, then the process dies.
+type commitThenCrash struct{ crashStore }
+
+func (s commitThenCrash) Commit(ctx context.Context, k dedup.Key, token, pecID string, window time.Duration) error {
+	err := s.crashStore.Store.Commit(ctx, k, token, pecID, window)
+	s.c.dead.Store(true)
+	return err
+}
+
+// TestCommitOwedIsNotOptional: with the embedded store a hold dies with
+// the process, so a commit that failed must be redone at start before
+// anything is accepted: a reconciliation that cannot reach the store
+// fails (the daemon does not start) rather than let the retry certify a
+// second envelope.
+func TestCommitOwedIsNotOptional(t *testing.T) {
+	n := newNode(t)
+	a := *n.a
+	a.Dedup = commitFails{n.store}
+	o, err := a.Process(context.Background(), retry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Reconcile(context.Background(), ReconcileInput{LogDir: n.logDir, Log: n.log, Store: rememberFails{n.store},
+		Outbound: n.a.Outbound, Mailboxes: n.a.Mailboxes, Receipts: n.spool, Now: fixedNow.Add(time.Minute)})
+	if !errors.Is(err, dedup.ErrUnavailable) {
+		t.Fatalf("Reconcile with the store failing = %v, want its error", err)
+	}
+	n.restart(t, nil)
+	o2, err := n.a.Process(context.Background(), retry())
+	if err != nil || !o2.Duplicate || o2.ID != o.ID {
+		t.Fatalf("retry: %+v, %v; want a duplicate of %s", o2, err, o.ID)
+	}
+	if got := n.envelopes(t); got != 1 {
+		t.Errorf("%d envelopes", got)
+	}
+}
+
+// TestNoSpoolCommitOwed: without a spool, a failed receipt hand-off
+// commits at once; when that commit fails too, the aborted record says
+// so and the next start remembers it.
+func TestNoSpoolCommitOwed(t *testing.T) {
+	n := newNode(t)
+	a := *n.a
+	a.Receipts = nil
+	a.Mailboxes = &recordingTarget{fail: errors.New("mailbox down")}
+	a.Dedup = commitFails{n.store}
+	if _, err := a.Process(context.Background(), retry()); err == nil {
+		t.Fatal("accepted without the receipt")
+	}
+	b := n.lastBusta(t)
+	n.restart(t, nil)
+	o, err := n.a.Process(context.Background(), retry())
+	if err != nil || !o.Duplicate || o.ID != b.PECID {
+		t.Fatalf("retry: %+v, %v; want a duplicate of %s", o, err, b.PECID)
+	}
+	if got := n.envelopes(t); got != 1 {
+		t.Errorf("%d envelopes", got)
+	}
+}
+
+// TestCommittedBeforeCrashIsComplete: killed after the commit and before
+// the handed-off record, with a next hop that cannot be searched: the
+// store's commit shows envelope and receipt went out, so the transaction
+// is completed as handed off, and the receipt is not delivered again.
+func TestCommittedBeforeCrashIsComplete(t *testing.T) {
+	n := newNode(t)
+	c := &crashSwitch{}
+	a := *n.a
+	a.Outbound = &recordingTarget{}
+	a.Log = crashLog{n.log, c}
+	a.Dedup = commitThenCrash{crashStore{n.store, c}}
+	a.Receipts = crashSpool{n.spool, c}
+	if _, err := a.Process(context.Background(), retry()); !errors.Is(err, errCrashed) {
+		t.Fatalf("want the crash, got %v", err)
+	}
+	b := n.lastBusta(t)
+	rep := n.restart(t, &recordingTarget{})
+	if rep != (Report{Incomplete: 1, Found: 1, Remembered: 1}) {
+		t.Errorf("report %+v", rep)
+	}
+	checkReconciled(t, n.records(t, b.PECID), b, logstore.EventHandedOff, reconciledCommitted)
+	n.checkReceipts(t, b, 1)
+}
+
+// TestFailOpenReceiptFailureNoSecondEnvelope: on_error = accept, the
+// hold could not be taken and the receipt hand-off failed: the key is
+// committed all the same, so a retry once the store is back is not
+// certified a second time.
+func TestFailOpenReceiptFailureNoSecondEnvelope(t *testing.T) {
+	n := newNode(t)
+	mb := &failingMailboxes{Target: n.a.Mailboxes}
+	mb.fail.Store(1)
+	a := *n.a
+	a.DedupFailOpen = true
+	a.DedupLease = 50 * time.Millisecond
+	a.Dedup = prepareUnavailable{n.store}
+	a.Mailboxes = mb
+	if _, err := a.Process(context.Background(), retry()); err == nil {
+		t.Fatal("accepted without the receipt")
+	}
+	time.Sleep(100 * time.Millisecond) // the lease is gone
+	o, err := n.a.Process(context.Background(), retry())
+	if err != nil || !o.Duplicate {
+		t.Fatalf("retry: %+v, %v; want a duplicate", o, err)
+	}
+	if got := n.envelopes(t); got != 1 {
+		t.Errorf("%d envelopes", got)
 	}
 }

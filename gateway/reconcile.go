@@ -30,6 +30,10 @@ const (
 	// transaction, which it takes before the envelope hand-off.
 	reconciledNoHold  = "reconciled after a restart: the envelope was not handed off (no dedup hold was taken)"
 	reconciledUnknown = "reconciled after a restart: hand-off outcome unknown (next-hop SMTP)"
+	// reconciledCommitted: the dedup store has the submission committed
+	// with this identifier, which happens only once envelope and receipt
+	// are out.
+	reconciledCommitted = "reconciled after a restart: envelope and acceptance receipt handed off (committed in the dedup store)"
 )
 
 // Report counts what Reconcile found.
@@ -58,9 +62,9 @@ type Report struct {
 	// ReceiptsUnconfirmed: spooled receipts whose envelope's fate is
 	// unknown (next-hop SMTP), kept as <id>.unconfirmed for the operator.
 	ReceiptsUnconfirmed int
-	// DedupUnsettled: completed transactions whose dedup state (a hold
-	// to drop, a commit to redo) could not be settled, the store being
-	// unreachable; their retries get 451 until a later start settles it.
+	// DedupUnsettled: holds of transactions aborted before their
+	// hand-off that could not be dropped, the store being unreachable;
+	// their retries get 451 until a later start drops them.
 	DedupUnsettled int
 }
 
@@ -78,11 +82,6 @@ type ReconcileInput struct {
 	// DedupFailOpen is dedup.on_error = "accept": an envelope may then
 	// have gone out without a hold, so a missing hold proves nothing.
 	DedupFailOpen bool
-}
-
-// holdReporter is a store whose holds outlive the process (dedup.Redis).
-type holdReporter interface {
-	Held(ctx context.Context, id, fingerprint, pecID string) (bool, error)
 }
 
 // fate is what is known of an envelope's hand-off.
@@ -164,18 +163,31 @@ func Reconcile(ctx context.Context, in ReconcileInput) (Report, error) {
 		return rep, fmt.Errorf("reconcile: read the log: %w", err)
 	}
 	finder, _ := in.Outbound.(delivery.Finder)
-	holds, _ := in.Store.(holdReporter)
-	if in.DedupFailOpen {
-		holds = nil
-	}
 	ran := pec.At(in.Now).Time().Format(time.RFC3339)
+	// within: b's transaction is recent enough for the dedup store to
+	// still hold what it wrote (the window, less a margin for clocks).
+	within := func(b *logstore.Record) bool {
+		t, err := time.Parse(time.RFC3339, b.Time)
+		return err == nil && t.After(in.Now.Add(-window+time.Hour))
+	}
 	// envelopeFate: whether the envelope of the transaction b (its
 	// busta-trasporto record, or the record its receipt was spooled
-	// with) went out, and the Detail that says how it is known.
-	envelopeFate := func(b *logstore.Record, e *delivery.SpoolEntry) (fate, string, error) {
+	// with) went out, the Detail that says how it is known, and whether
+	// its receipt is known to be out too.
+	envelopeFate := func(b *logstore.Record, e *delivery.SpoolEntry) (f fate, detail string, receiptOut bool, err error) {
+		if e != nil && e.State == delivery.SpoolOut {
+			return fateOut, reconciledSpooledOut, false, nil
+		}
+		trace := dedup.TraceUnknown
+		if id, fp, ok := splitDedupKey(b.DedupKey); ok && in.Store != nil {
+			if trace, err = in.Store.Trace(ctx, id, fp, b.PECID); err != nil {
+				return fateUnknown, "", false, err
+			}
+		}
 		switch {
-		case e != nil && e.State == delivery.SpoolOut:
-			return fateOut, reconciledSpooledOut, nil
+		case trace == dedup.TraceCommitted:
+			// Committed only once envelope and receipt were out.
+			return fateOut, reconciledCommitted, true, nil
 		case finder != nil:
 			envID := b.PECID
 			if b.Generated != nil && b.Generated.Envelope != "" {
@@ -183,17 +195,15 @@ func Reconcile(ctx context.Context, in ReconcileInput) (Report, error) {
 			}
 			found, err := finder.HasMessage(envID)
 			if err != nil || !found {
-				return fateNotOut, reconciledNotFound, err
+				return fateNotOut, reconciledNotFound, false, err
 			}
-			return fateOut, reconciledFound, nil
+			return fateOut, reconciledFound, false, nil
+		case trace == dedup.TraceNone && !in.DedupFailOpen && within(b):
+			// Every envelope is handed off under a hold (unless
+			// on_error = accept), and Redis keeps it for the window.
+			return fateNotOut, reconciledNoHold, false, nil
 		}
-		if id, fp, ok := splitDedupKey(b.DedupKey); ok && holds != nil {
-			held, err := holds.Held(ctx, id, fp, b.PECID)
-			if err != nil || !held {
-				return fateNotOut, reconciledNoHold, err
-			}
-		}
-		return fateUnknown, reconciledUnknown, nil
+		return fateUnknown, reconciledUnknown, false, nil
 	}
 	// spooled returns the spool entry of id, nil when there is none.
 	spooled := func(id string) (*delivery.SpoolEntry, error) {
@@ -223,7 +233,7 @@ func Reconcile(ctx context.Context, in ReconcileInput) (Report, error) {
 		if err != nil {
 			return rep, fmt.Errorf("reconcile %s: %w", id, err)
 		}
-		f, detail, err := envelopeFate(b, e)
+		f, detail, receiptOut, err := envelopeFate(b, e)
 		if err != nil {
 			return rep, fmt.Errorf("reconcile %s: %w", id, err)
 		}
@@ -232,6 +242,15 @@ func Reconcile(ctx context.Context, in ReconcileInput) (Report, error) {
 		case fateOut:
 			typ = logstore.EventHandedOff
 			rep.Found++
+			if receiptOut {
+				if e != nil {
+					if err := in.Receipts.Remove(id); err != nil {
+						return rep, fmt.Errorf("reconcile %s: %w", id, err)
+					}
+					e = nil
+				}
+				break
+			}
 			if e == nil {
 				detail += reconciledNoReceipt
 				break
@@ -326,7 +345,7 @@ func Reconcile(ctx context.Context, in ReconcileInput) (Report, error) {
 				if err := json.Unmarshal(e.Record, &rec); err != nil {
 					return rep, fmt.Errorf("reconcile: spooled receipt %s: %w", id, err)
 				}
-				if f, _, err = envelopeFate(&rec, e); err != nil {
+				if f, _, _, err = envelopeFate(&rec, e); err != nil {
 					return rep, fmt.Errorf("reconcile %s: %w", id, err)
 				}
 			}
@@ -372,9 +391,11 @@ func Reconcile(ctx context.Context, in ReconcileInput) (Report, error) {
 				err = in.Store.Remember(ctx, dk, fp, id, window)
 			}
 			switch {
-			case errors.Is(err, dedup.ErrUnavailable):
-				// Not needed for safety (a retry meanwhile gets 451):
-				// tried again at the next start.
+			case errors.Is(err, dedup.ErrUnavailable) && st.notOut:
+				// A hold left to expire is no danger (a retry meanwhile
+				// gets 451): tried again at the next start. A commit is:
+				// with the embedded store the hold died with the process,
+				// and only the commit stops a second envelope.
 				rep.DedupUnsettled++
 			case err != nil:
 				return rep, fmt.Errorf("reconcile %s: dedup: %w", id, err)
@@ -396,7 +417,7 @@ type txState struct {
 	receiptOwed bool
 	// notOut: an aborted record says the envelope was not handed off.
 	notOut bool
-	// commitOwed: a handed-off record says the dedup commit failed.
+	// commitOwed: a record says the dedup commit failed.
 	commitOwed bool
 }
 
@@ -418,6 +439,9 @@ func (st *txState) add(r *logstore.Record) {
 		}
 	case logstore.EventAborted:
 		st.done = true
+		if strings.Contains(r.Detail, dedupCommitFailed) {
+			st.commitOwed = true
+		}
 		switch {
 		case strings.HasPrefix(r.Detail, abortReceiptNotDelivered):
 			st.receiptOwed = true
