@@ -365,60 +365,56 @@ func (e *Embedded) Prepare(ctx context.Context, k Key, token, pecID string, hold
 // owned runs f on the entry of k under the mutex when token holds its
 // live lease or hold, and is ErrNotOwner otherwise.
 func (e *Embedded) owned(ctx context.Context, k Key, token string, f func(*embEntry, time.Time)) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
 	id := k.ID()
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if err := e.usable(); err != nil {
-		return err
-	}
-	now := time.Now()
-	en := e.lookup(id, now)
-	if en == nil || en.token == "" || en.token != token {
-		return ErrNotOwner
-	}
-	f(en, now)
-	return nil
+	return e.do(ctx, func(now time.Time) error {
+		en := e.lookup(id, now)
+		if en == nil || en.token == "" || en.token != token {
+			return ErrNotOwner
+		}
+		f(en, now)
+		return nil
+	})
 }
 
 // Trace implements Store: a commit is in the journal; a hold lives in
 // memory only, so without a commit the answer is TraceUnknown.
 func (e *Embedded) Trace(ctx context.Context, id, fingerprint, pecID string) (Trace, error) {
-	if err := ctx.Err(); err != nil {
-		return TraceUnknown, err
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if err := e.usable(); err != nil {
-		return TraceUnknown, err
-	}
-	if c, ok := e.lookup(id, time.Now()).commitOf(fingerprint); ok && c.pecID == pecID {
-		return TraceCommitted, nil
-	}
-	return TraceUnknown, nil
+	tr := TraceUnknown
+	err := e.do(ctx, func(now time.Time) error {
+		if c, ok := e.lookup(id, now).commitOf(fingerprint); ok && c.pecID == pecID {
+			tr = TraceCommitted
+		}
+		return nil
+	})
+	return tr, err
 }
 
 // Abandon implements Store.
 func (e *Embedded) Abandon(ctx context.Context, id, pecID string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
 	if id == "" || pecID == "" {
 		return errors.New("dedup: abandon: empty id or PEC identifier")
+	}
+	return e.do(ctx, func(now time.Time) error {
+		if en := e.lookup(id, now); en != nil && en.hold == pecID {
+			en.token, en.hold = "", ""
+			e.lookup(id, now)
+		}
+		return nil
+	})
+}
+
+// do runs f under the mutex, with the current time, once the context and
+// the store allow it.
+func (e *Embedded) do(ctx context.Context, f func(now time.Time) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err := e.usable(); err != nil {
 		return err
 	}
-	now := time.Now()
-	if en := e.lookup(id, now); en != nil && en.hold == pecID {
-		en.token, en.hold = "", ""
-		e.lookup(id, now)
-	}
-	return nil
+	return f(time.Now())
 }
 
 // Remember implements Store: a journalled commit that needs no lease; it
