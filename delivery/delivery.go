@@ -21,6 +21,13 @@ type Message struct {
 	EightBit     bool     // needs 8BITMIME
 }
 
+// ErrOutcomeUnknown is wrapped by a hand-off error when the next hop may
+// have taken the message: the whole message and its final dot were sent,
+// and the connection failed or timed out before the reply (RFC 1047). The
+// caller must not treat it as "not delivered": a new attempt could make a
+// second copy.
+var ErrOutcomeUnknown = errors.New("outcome unknown: the next hop did not answer the end of DATA")
+
 // Target hands messages off. It is the contract the acceptance transaction
 // relies on for "no 250 before a durable hand-off".
 //

@@ -215,6 +215,12 @@ func (s *SMTP) send(c *smtp.Client, m *Message) error {
 		return fmt.Errorf("sending the message: %w", err)
 	}
 	if _, err := w.CloseWithResponse(); err != nil {
+		var se *smtp.SMTPError
+		if !errors.As(err, &se) {
+			// No reply to the final dot: the next hop may have taken
+			// responsibility for the message (RFC 5321 §6.1, RFC 1047).
+			return fmt.Errorf("end of DATA: %w: %w", ErrOutcomeUnknown, err)
+		}
 		return fmt.Errorf("end of DATA: %w", err)
 	}
 	return nil

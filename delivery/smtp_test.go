@@ -198,6 +198,9 @@ func TestSMTPReplyCodes(t *testing.T) {
 			addr := startHop(t, tc.hop, "tcp", func(s *smtp.Server) { s.TLSConfig = pki.server }, nil)
 			err := NewSMTP(SMTPOptions{Address: addr, RootCAs: pki.roots}).Deliver(context.Background(), testMessage())
 			se := smtpError(t, err)
+			if errors.Is(err, ErrOutcomeUnknown) {
+				t.Errorf("a reply is a known outcome: %v", err)
+			}
 			if se.Code != tc.code || se.Temporary() != tc.temporary {
 				t.Errorf("code %d temporary %v, want %d %v (err %v)", se.Code, se.Temporary(), tc.code, tc.temporary, err)
 			}
@@ -254,9 +257,12 @@ func TestSMTPTimeout(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		hop  *fakeHop
+		// unknown: the whole message was sent, the reply never came: the
+		// hop may have it (ErrOutcomeUnknown).
+		unknown bool
 	}{
-		{"EHLO", &fakeHop{hangHello: make(chan struct{})}},
-		{"end of DATA", &fakeHop{hangData: make(chan struct{})}},
+		{"EHLO", &fakeHop{hangHello: make(chan struct{})}, false},
+		{"end of DATA", &fakeHop{hangData: make(chan struct{})}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			addr := startHop(t, tc.hop, "tcp", func(s *smtp.Server) { s.TLSConfig = pki.server }, nil)
@@ -266,6 +272,9 @@ func TestSMTPTimeout(t *testing.T) {
 			elapsed := time.Since(start)
 			if !errors.Is(err, os.ErrDeadlineExceeded) {
 				t.Fatalf("err = %v, want a timeout", err)
+			}
+			if errors.Is(err, ErrOutcomeUnknown) != tc.unknown {
+				t.Errorf("err = %v: outcome unknown %v, want %v", err, !tc.unknown, tc.unknown)
 			}
 			if elapsed < timeout || elapsed > 10*timeout {
 				t.Errorf("gave up after %v, want about %v", elapsed, timeout)

@@ -378,6 +378,10 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 	// that was not sent; a sent message whose receipt is lost is proved
 	// by the log (RFC 6109 §2.3).
 	if err := a.Outbound.Deliver(ctx, deliveryMessage(envelope, envData)); err != nil {
+		if errors.Is(err, delivery.ErrOutcomeUnknown) {
+			envelopeOut = true // may be: nothing is released
+			return nil, a.outcomeUnknown(ctx, s, tx, d, spooled, window, err)
+		}
 		notOut()
 		return nil, a.abort(s, tx, notHandedOff, err)
 	}
@@ -439,6 +443,36 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 	return &Outcome{Accepted: true, ID: tx.ID, At: tx.At}, nil
 }
 
+// outcomeUnknown ends a transaction whose next hop did not answer the end
+// of DATA: the envelope may be out. As Reconcile does for a crash with
+// the same doubt, at most one envelope is favoured (invariant 3): the
+// submission is committed, so the client's retry gets this identifier,
+// and the receipt is kept unconfirmed in the spool, for the operator to
+// deliver once the next hop confirms, never sent by pecgw (it would
+// certify a message pecgw cannot show was sent). The client gets 451.
+func (a *Acceptor) outcomeUnknown(ctx context.Context, s *Submission, tx pec.Transaction, d *dedupTx, spooled bool, window time.Duration, err error) error {
+	what := abortOutcomeUnknown
+	if spooled {
+		if merr := a.Receipts.Mark(tx.ID, delivery.SpoolUnconfirmed); merr != nil {
+			err = errors.Join(err, merr)
+		} else {
+			what += "; acceptance receipt kept unconfirmed"
+		}
+	}
+	if d != nil {
+		if cerr := a.Dedup.Commit(context.WithoutCancel(ctx), d.key, d.token, tx.ID, window); cerr != nil {
+			err = errors.Join(err, cerr)
+			what += "; " + dedupCommitFailed
+			if errors.Is(cerr, dedup.ErrUnavailable) {
+				go a.retryLater(func() error {
+					return a.Dedup.Commit(context.Background(), d.key, d.token, tx.ID, window)
+				})
+			}
+		}
+	}
+	return a.abort(s, tx, what, err)
+}
+
 // Details the reconciliation reads back.
 const (
 	// notHandedOff ends the Detail of an aborted record of a
@@ -450,6 +484,9 @@ const (
 	// dedupCommitFailed is in the Detail of a handed-off record whose
 	// dedup commit failed.
 	dedupCommitFailed = "dedup commit failed"
+	// abortOutcomeUnknown begins the Detail of the aborted record of a
+	// transaction whose next hop did not answer the end of DATA.
+	abortOutcomeUnknown = "transport envelope hand-off outcome unknown (the next hop did not answer the end of DATA)"
 )
 
 func joinDetail(a, b string) string {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -320,5 +321,41 @@ func TestFailOpenReceiptFailureNoSecondEnvelope(t *testing.T) {
 	}
 	if got := n.envelopes(t); got != 1 {
 		t.Errorf("%d envelopes", got)
+	}
+}
+
+// TestNextHopOutcomeUnknown: the next hop took the whole envelope and
+// never answered the end of DATA. It may have it: the transaction must
+// not be treated as "not handed off" (its retry would make a second
+// envelope). The log says the outcome is unknown, the submission is
+// committed so the retry gets this identifier, and the receipt is kept
+// unconfirmed for the operator, never delivered by pecgw.
+func TestNextHopOutcomeUnknown(t *testing.T) {
+	n := newNode(t)
+	a := *n.a
+	a.Outbound = &recordingTarget{fail: fmt.Errorf("delivery: smtp next hop: end of DATA: %w: %w", delivery.ErrOutcomeUnknown, os.ErrDeadlineExceeded)}
+	if _, err := a.Process(context.Background(), retry()); !errors.Is(err, delivery.ErrOutcomeUnknown) {
+		t.Fatalf("Process = %v, want the unknown outcome", err)
+	}
+	b := n.lastBusta(t)
+	recs := n.records(t, b.PECID)
+	if last := recs[len(recs)-1]; last.Type != logstore.EventAborted || !strings.HasPrefix(last.Detail, abortOutcomeUnknown) {
+		t.Errorf("records %s, last %+v", types(recs), last)
+	}
+	if e, err := n.spool.Get(b.PECID); err != nil || e.State != delivery.SpoolUnconfirmed {
+		t.Errorf("spool entry %+v, %v; want unconfirmed", e, err)
+	}
+	o, err := n.a.Process(context.Background(), retry())
+	if err != nil || !o.Duplicate || o.ID != b.PECID {
+		t.Fatalf("retry: %+v, %v; want a duplicate of %s", o, err, b.PECID)
+	}
+	if got := n.envelopes(t); got != 0 {
+		t.Errorf("%d more envelopes", got)
+	}
+	if got := n.receiptFiles(t); got != 0 {
+		t.Errorf("%d receipts delivered for an envelope of unknown fate", got)
+	}
+	if rep := n.restart(t, nil); rep != (Report{}) {
+		t.Errorf("reconciliation after: %+v", rep)
 	}
 }
