@@ -25,6 +25,9 @@ usage:
   pecgw verify FILE.eml [--ca CA.pem]   check a signed PEC message and show what it certifies
   pecgw log tail|query|verify|purge|reindex --dir DIR ...
                                         read, check and maintain the transaction log (pecgw log help)
+  pecgw spool list|confirm [PEC-ID] --config FILE
+                                        acceptance receipts waiting for delivery; confirm one whose
+                                        envelope the next hop has confirmed
   pecgw version                         print the version
   pecgw help                            this text
 `
@@ -63,6 +66,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = cmdVerify(args[1:], stdout, stderr)
 	case "log":
 		err = cmdLog(args[1:], stdout, stderr)
+	case "spool":
+		err = cmdSpool(args[1:], stdout)
 	default:
 		fmt.Fprintf(stderr, "pecgw: unknown command %q\n\n%s", args[0], usage)
 		return 2
