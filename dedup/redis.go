@@ -45,7 +45,7 @@ type Redis struct {
 const redisPrefix = "pecgw:dedup:"
 
 // NewRedis returns a Redis store. It does not contact the server: the first
-// call does (use CheckEviction at start-up to check it).
+// call does (use CheckConfig at start-up to check it).
 func NewRedis(opts RedisOptions) (*Redis, error) {
 	if len(opts.Addrs) == 0 {
 		return nil, errors.New("dedup: redis: no address")
@@ -292,29 +292,57 @@ func (r *Redis) Release(ctx context.Context, k Key, token string) error {
 // Close implements Store.
 func (r *Redis) Close() error { return r.client.Close() }
 
-// CheckEviction reads maxmemory-policy: unless it is noeviction, Redis may
-// drop committed entries under memory pressure, and a retry would then be
-// accepted twice. The warning is empty when all is well; err is set only
-// when Redis cannot be reached. When CONFIG is not allowed (managed
-// services, ACLs) the warning says the policy could not be checked.
-func (r *Redis) CheckEviction(ctx context.Context) (warning string, err error) {
+// CheckConfig reads the settings that decide whether Redis keeps what it
+// acknowledged: maxmemory-policy (unless noeviction, committed entries may
+// be evicted under memory pressure) and persistence (without the
+// append-only file, a restart of Redis loses the last commits, or all of
+// them without snapshots either). Either way a retry would then be
+// certified twice. It returns one warning per problem, none when all is
+// well; err is set only when Redis cannot be reached. When CONFIG is not
+// allowed (managed services, ACLs) the warning says the settings could
+// not be checked.
+func (r *Redis) CheckConfig(ctx context.Context) (warnings []string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	res, err := r.client.ConfigGet(ctx, "maxmemory-policy").Result()
-	if err != nil {
-		if isUnavailable(err) {
-			return "", redisErr("config get", err)
+	const consequence = "committed submissions may be lost and their retries certified twice"
+	get := func(key string) (string, bool, error) {
+		res, err := r.client.ConfigGet(ctx, key).Result()
+		if err != nil {
+			if isUnavailable(err) {
+				return "", false, redisErr("config get", err)
+			}
+			warnings = append(warnings, fmt.Sprintf("cannot read the redis %s (%v): check it by hand, or %s", key, err, consequence))
+			return "", false, nil
 		}
-		return fmt.Sprintf("cannot read the redis maxmemory-policy (%v): make sure it is noeviction, or committed submissions may be evicted and accepted twice", err), nil
+		v, ok := res[key]
+		if !ok {
+			warnings = append(warnings, fmt.Sprintf("redis did not report its %s: check it by hand, or %s", key, consequence))
+		}
+		return v, ok, nil
 	}
-	policy, ok := res["maxmemory-policy"]
-	if !ok {
-		return "redis did not report its maxmemory-policy: make sure it is noeviction, or committed submissions may be evicted and accepted twice", nil
+	policy, ok, err := get("maxmemory-policy")
+	if err != nil {
+		return nil, err
 	}
-	if policy != "noeviction" {
-		return fmt.Sprintf("redis maxmemory-policy is %s, not noeviction: committed submissions may be evicted and accepted twice", policy), nil
+	if ok && policy != "noeviction" {
+		warnings = append(warnings, fmt.Sprintf("redis maxmemory-policy is %s, not noeviction: committed submissions may be evicted and their retries certified twice", policy))
 	}
-	return "", nil
+	aof, ok, err := get("appendonly")
+	if err != nil {
+		return nil, err
+	}
+	if ok && aof != "yes" {
+		save, _, err := get("save")
+		if err != nil {
+			return nil, err
+		}
+		if strings.TrimSpace(save) == "" {
+			warnings = append(warnings, "redis persists nothing (appendonly no, no save points): a restart of redis forgets every committed submission, and their retries are certified twice; set appendonly yes")
+		} else {
+			warnings = append(warnings, "redis appendonly is no: a restart of redis loses the commits since its last snapshot, and their retries are certified twice; set appendonly yes")
+		}
+	}
+	return warnings, nil
 }
 
 // redisErr wraps err, with ErrUnavailable when the store could not answer.

@@ -41,8 +41,8 @@ func TestRedisUnavailableThenBack(t *testing.T) {
 	if err := r.Commit(ctx, k, c.Token, "pec-1", longWindow); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("Commit with the server down = %v, want ErrUnavailable", err)
 	}
-	if _, err := r.CheckEviction(ctx); !errors.Is(err, ErrUnavailable) {
-		t.Errorf("CheckEviction with the server down = %v, want ErrUnavailable", err)
+	if _, err := r.CheckConfig(ctx); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("CheckConfig with the server down = %v, want ErrUnavailable", err)
 	}
 
 	if err := srv.Start(); err != nil {
@@ -83,30 +83,52 @@ func TestRedisCancelledContext(t *testing.T) {
 	}
 }
 
-func TestRedisCheckEviction(t *testing.T) {
+func TestRedisCheckConfig(t *testing.T) {
 	addr := needRedis(t)
 	r := newTestRedis(t, addr, 0)
 	ctx := context.Background()
 	admin := redis.NewClient(&redis.Options{Addr: addr})
 	defer admin.Close()
-	t.Cleanup(func() { admin.ConfigSet(context.Background(), "maxmemory-policy", "noeviction") })
-
-	if err := admin.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err(); err != nil {
-		t.Fatal(err)
+	set := func(kv ...string) {
+		t.Helper()
+		for i := 0; i < len(kv); i += 2 {
+			if err := admin.ConfigSet(ctx, kv[i], kv[i+1]).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
-	if w, err := r.CheckEviction(ctx); err != nil || w != "" {
-		t.Errorf("CheckEviction with noeviction = %q, %v; want no warning", w, err)
+	// The shared test server runs without persistence; put it back.
+	t.Cleanup(func() {
+		for _, kv := range [][2]string{{"maxmemory-policy", "noeviction"}, {"appendonly", "no"}, {"save", ""}} {
+			admin.ConfigSet(context.Background(), kv[0], kv[1])
+		}
+	})
+	check := func(want ...string) {
+		t.Helper()
+		w, err := r.CheckConfig(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(w) != len(want) {
+			t.Fatalf("CheckConfig = %q, want %d warnings about %q", w, len(want), want)
+		}
+		for i := range want {
+			if !strings.Contains(w[i], want[i]) {
+				t.Errorf("warning %q does not mention %q", w[i], want[i])
+			}
+		}
 	}
-	if err := admin.ConfigSet(ctx, "maxmemory-policy", "allkeys-lru").Err(); err != nil {
-		t.Fatal(err)
-	}
-	w, err := r.CheckEviction(ctx)
-	if err != nil || !strings.Contains(w, "allkeys-lru") {
-		t.Errorf("CheckEviction with allkeys-lru = %q, %v; want a warning naming it", w, err)
-	}
+	set("maxmemory-policy", "noeviction", "appendonly", "yes")
+	check()
+	set("maxmemory-policy", "allkeys-lru")
+	check("allkeys-lru")
+	set("maxmemory-policy", "noeviction", "appendonly", "no", "save", "3600 1")
+	check("since its last snapshot")
+	set("save", "")
+	check("persists nothing")
 }
 
-func TestRedisCheckEvictionConfigDenied(t *testing.T) {
+func TestRedisCheckConfigDenied(t *testing.T) {
 	addr := needRedis(t)
 	admin := redis.NewClient(&redis.Options{Addr: addr})
 	defer admin.Close()
@@ -122,9 +144,9 @@ func TestRedisCheckEvictionConfigDenied(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	w, err := r.CheckEviction(ctx)
-	if err != nil || !strings.Contains(w, "cannot read") {
-		t.Errorf("CheckEviction without CONFIG = %q, %v; want a warning that it cannot check", w, err)
+	w, err := r.CheckConfig(ctx)
+	if err != nil || len(w) != 2 || !strings.Contains(w[0], "cannot read") || !strings.Contains(w[1], "cannot read") {
+		t.Errorf("CheckConfig without CONFIG = %q, %v; want warnings that it cannot check", w, err)
 	}
 	// The store itself works with that user.
 	k := newKey("body")

@@ -369,10 +369,12 @@ func dedupStore(cfg *config.Config, logger *zap.Logger) (dedup.Store, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if warning, err := st.CheckEviction(ctx); err != nil {
+	warnings, err := st.CheckConfig(ctx)
+	if err != nil {
 		logger.Warn("redis not reachable at start", zap.String("event", "dedup.unavailable"), zap.Error(err))
-	} else if warning != "" {
-		logger.Warn(warning, zap.String("event", "config.warning"))
+	}
+	for _, w := range warnings {
+		logger.Warn(w, zap.String("event", "config.warning"))
 	}
 	return st, nil
 }
