@@ -232,6 +232,10 @@ func crashUnderLoad(t *testing.T, store string) {
 			"lease":       `"2s"`,
 		})
 	}
+	// Every AUTH answer takes at least limits.min_auth_time (300 ms, a
+	// defence against timing probes): down to 5 ms here, so that many
+	// more submissions are in flight when the killer strikes.
+	setConfig(t, cfg, "[limits]", map[string]string{"min_auth_time": `"5ms"`})
 	if code, out, errOut := runBin(t, "", "check-config", "--config", cfg); code != 0 {
 		t.Fatalf("pecgw check-config after the bcrypt hash: exit %d\n%s%s", code, out, errOut)
 	}
