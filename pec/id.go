@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"golang.org/x/net/idna"
 )
 
 // idRandomBytes is the random part of an identifier: 128 bits, above the
@@ -23,11 +25,19 @@ func NewID(at Instant, random io.Reader, domain string) (string, error) {
 	if domain == "" || strings.ContainsAny(domain, "@<> \t\r\n") {
 		return "", fmt.Errorf("pec identifier: invalid provider domain %q", domain)
 	}
+	// The identifier is the envelope's Message-ID (RFC 5322 §3.6.4): a
+	// provider domain written in Unicode goes in as its A-label
+	// (RFC 5890), so the field stays ASCII and needs no SMTPUTF8 on the
+	// way. UNCERTAIN in the rules; real providers use ASCII domains.
+	ascii, err := idna.Lookup.ToASCII(domain)
+	if err != nil {
+		return "", fmt.Errorf("pec identifier: invalid provider domain %q: %w", domain, err)
+	}
 	b := make([]byte, idRandomBytes)
 	if _, err := io.ReadFull(random, b); err != nil {
 		return "", fmt.Errorf("pec identifier: reading random bits: %w", err)
 	}
-	return at.Stamp() + "." + strings.ToLower(idEncoding.EncodeToString(b)) + "@" + strings.ToLower(domain), nil
+	return at.Stamp() + "." + strings.ToLower(idEncoding.EncodeToString(b)) + "@" + strings.ToLower(ascii), nil
 }
 
 // DerivedID returns the identifier of a message generated for the

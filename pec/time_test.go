@@ -78,6 +78,11 @@ func TestNewID(t *testing.T) {
 		}
 		seen[id] = true
 	}
+	// A provider domain in Unicode goes in as its A-label: the
+	// identifier is a Message-ID, ASCII without SMTPUTF8.
+	if id, err := NewID(at, rand.Reader, "PEC.Città.it"); err != nil || !re.MatchString(id) || !strings.HasSuffix(id, "@pec.xn--citt-3na.it") {
+		t.Errorf("NewID with a Unicode domain = %q, %v", id, err)
+	}
 	if _, err := NewID(at, bytes.NewReader(make([]byte, 5)), "pec.example.it"); err == nil {
 		t.Error("NewID with a short random source succeeded")
 	}
