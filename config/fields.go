@@ -94,7 +94,7 @@ func (c *Config) fields() []field {
 			intv(&c.Limits.AuthLockoutFailures, 10), between(&c.Limits.AuthLockoutFailures, 1, 1000)},
 		{"limits.auth_lockout", "How long a lockout lasts.", false,
 			dur(&c.Limits.AuthLockout, 15*time.Minute), durBetween(&c.Limits.AuthLockout, time.Second, 24*time.Hour)},
-		{"limits.min_auth_time", "Least time every AUTH answer takes, so that timing tells nothing about users.", false,
+		{"limits.min_auth_time", "Least time every AUTH answer takes, so that timing tells nothing about users (below 100ms it may: test setups only).", false,
 			dur(&c.Limits.MinAuthTime, 300*time.Millisecond), durBetween(&c.Limits.MinAuthTime, time.Millisecond, 10*time.Second)},
 
 		{"users.file", "Users file: one \"address:hash\" per line, mode 0600.", true,

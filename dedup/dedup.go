@@ -192,6 +192,16 @@ type Store interface {
 	// die with the process).
 	Trace(ctx context.Context, id, fingerprint, pecID string) (Trace, error)
 
+	// Hold puts back a hold naming pecID on id, for a transaction whose
+	// envelope's fate is unknown (a next hop that did not answer, a crash
+	// before the answer) until the operator confirms or rejects it: a
+	// retry meanwhile gets InFlight on every instance, never a second
+	// envelope nor a 250 without a receipt. The embedded store forgets
+	// holds with its process, so the reconciliation puts them back at
+	// every start. Nothing is done when the submission (fingerprint) is
+	// committed, or when any lease or hold is on id.
+	Hold(ctx context.Context, id, fingerprint, pecID string, hold time.Duration) error
+
 	// Abandon drops a hold on id naming pecID, for reconciliation when the
 	// envelope of a transaction cut by a crash was not handed off: a retry
 	// then proceeds as new. Any other lease or hold is left alone.

@@ -346,6 +346,46 @@ var behaviour = []struct {
 			t.Errorf("PECID = %q, want pec-twin", d.PECID)
 		}
 	}},
+	{"HoldPutBack", func(t *testing.T, s Store) {
+		// A transaction of unknown outcome: its hold is put back without
+		// a lease; a retry waits; the operator's confirmation remembers
+		// it (dropping the hold), a rejection abandons it.
+		ctx := context.Background()
+		k := newKey("body")
+		if err := s.Hold(ctx, k.ID(), k.Fingerprint(), "pec-u", longWindow); err != nil {
+			t.Fatalf("Hold: %v", err)
+		}
+		if in := mustClaim(t, s, k, longLease, InFlight); in.PECID != "pec-u" {
+			t.Errorf("InFlight PECID = %q, want pec-u", in.PECID)
+		}
+		if err := s.Remember(ctx, k.ID(), k.Fingerprint(), "pec-u", longWindow); err != nil {
+			t.Fatal(err)
+		}
+		if d := mustClaim(t, s, k, longLease, Duplicate); d.PECID != "pec-u" {
+			t.Errorf("after Remember: PECID = %q", d.PECID)
+		}
+		// Committed: Hold does nothing.
+		if err := s.Hold(ctx, k.ID(), k.Fingerprint(), "pec-other", longWindow); err != nil {
+			t.Fatal(err)
+		}
+		mustClaim(t, s, k, longLease, Duplicate)
+
+		k2 := newKey("body")
+		if err := s.Hold(ctx, k2.ID(), k2.Fingerprint(), "pec-r", longWindow); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Abandon(ctx, k2.ID(), "pec-r"); err != nil {
+			t.Fatal(err)
+		}
+		mustClaim(t, s, k2, longLease, New)
+		// A live lease is left alone.
+		if err := s.Hold(ctx, k2.ID(), k2.Fingerprint(), "pec-x", longWindow); err != nil {
+			t.Fatal(err)
+		}
+		if in := mustClaim(t, s, k2, longLease, InFlight); in.PECID != "" {
+			t.Errorf("Hold replaced a live lease: %q", in.PECID)
+		}
+	}},
 	{"ConcurrentClaimsOneWinner", func(t *testing.T, s Store) {
 		k := newKey("body")
 		const n = 20

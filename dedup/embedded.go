@@ -389,6 +389,22 @@ func (e *Embedded) Trace(ctx context.Context, id, fingerprint, pecID string) (Tr
 	return tr, err
 }
 
+// Hold implements Store. The hold lives in memory, as every lease.
+func (e *Embedded) Hold(ctx context.Context, id, fingerprint, pecID string, hold time.Duration) error {
+	if id == "" || fingerprint == "" || pecID == "" {
+		return errors.New("dedup: hold: empty id, fingerprint or PEC identifier")
+	}
+	return e.do(ctx, func(now time.Time) error {
+		en := e.lookup(id, now)
+		if _, ok := en.commitOf(fingerprint); ok || (en != nil && en.token != "") {
+			return nil
+		}
+		en = e.entry(id)
+		en.token, en.hold, en.leaseUntil = "reconciled", pecID, now.Add(hold)
+		return nil
+	})
+}
+
 // Abandon implements Store.
 func (e *Embedded) Abandon(ctx context.Context, id, pecID string) error {
 	if id == "" || pecID == "" {

@@ -160,6 +160,15 @@ if held(redis.call('GET', KEYS[1])) == ARGV[1] then return 'H' end
 return 'N'
 `)
 
+// KEYS: lease, fp. ARGV: PEC id, hold ms. The hold's owner token is
+// "reconciled": no transaction of any process owns it.
+var holdScript = redis.NewScript(luaLease + `
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], 'P reconciled ' .. ARGV[1], 'PX', ARGV[2])
+return 1
+`)
+
 // KEYS: lease. ARGV: PEC id.
 var abandonScript = redis.NewScript(luaLease + `
 if held(redis.call('GET', KEYS[1])) == ARGV[1] then redis.call('DEL', KEYS[1]) end
@@ -268,6 +277,19 @@ func (r *Redis) Trace(ctx context.Context, id, fingerprint, pecID string) (Trace
 		return TraceNone, nil
 	}
 	return TraceUnknown, fmt.Errorf("dedup: redis trace: unexpected reply %q", res)
+}
+
+// Hold implements Store.
+func (r *Redis) Hold(ctx context.Context, id, fingerprint, pecID string, hold time.Duration) error {
+	if id == "" || fingerprint == "" || pecID == "" {
+		return errors.New("dedup: hold: empty id, fingerprint or PEC identifier")
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	if err := holdScript.Run(ctx, r.client, redisKeysOf(id, fingerprint)[:2], pecID, millis(hold)).Err(); err != nil {
+		return redisErr("hold", err)
+	}
+	return nil
 }
 
 // Abandon implements Store.

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -29,8 +30,13 @@ import (
 //	<id>.receipt   written before the envelope hand-off: whether the
 //	               envelope went out is for the log and outbound/ to say
 //	<id>.out       the envelope is known to be out: deliver the receipt
-//	<id>.unconfirmed  the envelope's fate is unknown (next-hop SMTP after a
-//	               crash): kept for the operator, never delivered by pecgw
+//	<id>.unconfirmed  the envelope's fate is unknown (a next hop that did not
+//	               answer, or a crash with one): kept for the operator,
+//	               never delivered by pecgw on its own
+//	<id>.confirmed the operator confirmed the next hop has the envelope
+//	               (pecgw spool confirm): delivered by pecgw serve
+//	<id>.rejected  the operator found it did not (pecgw spool reject):
+//	               dropped by pecgw serve, the submission freed
 //
 // Each file is one JSON line (the entry's metadata) followed by the
 // receipt's bytes. Files are written with safeio (fsync, rename, folder
@@ -65,7 +71,12 @@ const (
 	SpoolPending     SpoolState = "receipt"     // envelope outcome not recorded here
 	SpoolOut         SpoolState = "out"         // envelope out: receipt to deliver
 	SpoolUnconfirmed SpoolState = "unconfirmed" // envelope outcome unknown: for the operator
+	SpoolConfirmed   SpoolState = "confirmed"   // the operator confirmed the envelope arrived: deliver
+	SpoolRejected    SpoolState = "rejected"    // the operator found the envelope did not arrive: drop
 )
+
+// spoolStates are all the states, most advanced first.
+var spoolStates = []SpoolState{SpoolConfirmed, SpoolRejected, SpoolOut, SpoolPending, SpoolUnconfirmed}
 
 // Message is the entry's receipt as a delivery message.
 func (e *SpoolEntry) Message() *Message {
@@ -204,7 +215,7 @@ func (s *Spool) Mark(id string, st SpoolState) error {
 
 // find returns the state of id's file; fs.ErrNotExist when there is none.
 func (s *Spool) find(id string) (SpoolState, error) {
-	for _, st := range []SpoolState{SpoolOut, SpoolPending, SpoolUnconfirmed} {
+	for _, st := range spoolStates {
 		path, err := s.path(id, st)
 		if err != nil {
 			return "", err
@@ -253,7 +264,7 @@ func (s *Spool) read(path string, st SpoolState) (*SpoolEntry, error) {
 // The folder is not fsync'd: an entry that comes back after a crash is
 // found again by the reconciliation, which checks before delivering.
 func (s *Spool) Remove(id string) error {
-	for _, st := range []SpoolState{SpoolOut, SpoolPending, SpoolUnconfirmed} {
+	for _, st := range spoolStates {
 		path, err := s.path(id, st)
 		if err != nil {
 			return err
@@ -289,9 +300,7 @@ func (s *Spool) List() (map[string]SpoolState, []string, error) {
 			continue
 		}
 		st := SpoolState(name[dot+1:])
-		switch st {
-		case SpoolPending, SpoolOut, SpoolUnconfirmed:
-		default:
+		if !slices.Contains(spoolStates, st) {
 			continue
 		}
 		// Mark renames: one file per identifier.

@@ -142,7 +142,11 @@ func (a *Acceptor) Process(ctx context.Context, s *Submission) (*Outcome, error)
 	c, err := a.Dedup.Claim(ctx, d.key, d.lease)
 	switch {
 	case err != nil && errors.Is(err, dedup.ErrUnavailable) && a.DedupFailOpen:
-		o, err := a.accept(ctx, s, tx, nil)
+		// on_error = accept: certified without a claim; once the
+		// envelope is out the submission is still remembered (best
+		// effort), so a retry is not certified a second time.
+		d.unclaimed = true
+		o, err := a.accept(ctx, s, tx, d)
 		if o != nil {
 			o.DedupSkipped = true
 		}
@@ -177,6 +181,27 @@ type dedupTx struct {
 	token  string
 	lease  time.Duration
 	reused bool // the Message-ID was accepted before with other content
+	// unclaimed: the store could not be reached for the claim and
+	// on_error = accept let the transaction go on without one.
+	unclaimed bool
+}
+
+// commitKey records the submission as certified with pecID: Commit of the
+// claim, or Remember when there was no claim. A failure unavailable is
+// retried in the background; the caller marks it in its record so that
+// Reconcile redoes it at the next start.
+func (a *Acceptor) commitKey(ctx context.Context, d *dedupTx, pecID string, window time.Duration) error {
+	op := func(ctx context.Context) error {
+		if d.unclaimed {
+			return a.Dedup.Remember(ctx, d.key.ID(), d.key.Fingerprint(), pecID, window)
+		}
+		return a.Dedup.Commit(ctx, d.key, d.token, pecID, window)
+	}
+	err := op(context.WithoutCancel(ctx))
+	if errors.Is(err, dedup.ErrUnavailable) {
+		go a.retryLater(func() error { return op(context.Background()) })
+	}
+	return err
 }
 
 // keepLease renews d's lease every third of its duration until stop is
@@ -260,7 +285,7 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 	// (receipts.go). A crash leaves the hold to Reconcile.
 	envelopeOut, dedupSkipped := false, false
 	stopRenewal, release := func() {}, func() {}
-	if d != nil {
+	if d != nil && !d.unclaimed {
 		stopRenewal = a.keepLease(ctx, d)
 		released := false
 		release = func() {
@@ -364,7 +389,9 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 	// leaves for Reconcile (invariant 3). Taken after the write-ahead
 	// records, so that every hold has a record that resolves it.
 	window := durationOr(a.DedupWindow, 7*24*time.Hour)
-	if d != nil {
+	if d != nil && d.unclaimed {
+		dedupSkipped = true
+	} else if d != nil {
 		stopRenewal()
 		if err := a.Dedup.Prepare(context.WithoutCancel(ctx), d.key, d.token, tx.ID, window); err != nil {
 			if !errors.Is(err, dedup.ErrUnavailable) || !a.DedupFailOpen {
@@ -405,14 +432,9 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 			// window ends. No hold (on_error = accept): nothing would
 			// stop a second envelope. Either way the retry gets the
 			// identifier; the log proves the acceptance (RFC 6109 §2.3).
-			if cerr := a.Dedup.Commit(context.WithoutCancel(ctx), d.key, d.token, tx.ID, window); cerr != nil {
+			if cerr := a.commitKey(ctx, d, tx.ID, window); cerr != nil {
 				err = errors.Join(err, cerr)
 				what += "; " + dedupCommitFailed // Reconcile remembers it
-				if errors.Is(cerr, dedup.ErrUnavailable) {
-					go a.retryLater(func() error {
-						return a.Dedup.Commit(context.Background(), d.key, d.token, tx.ID, window)
-					})
-				}
 			}
 		}
 		return nil, a.abort(s, tx, what, err)
@@ -422,16 +444,11 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 	// Committed before the completion record: a crash after the record
 	// must not leave a retry free to certify again.
 	if d != nil {
-		if err := a.Dedup.Commit(context.WithoutCancel(ctx), d.key, d.token, tx.ID, window); err != nil {
+		if err := a.commitKey(ctx, d, tx.ID, window); err != nil {
 			dedupSkipped = true
 			// Reconcile remembers the transactions so marked, in case the
 			// background retry does not outlive this process.
 			done.Detail = joinDetail(done.Detail, dedupCommitFailed+": "+err.Error())
-			if errors.Is(err, dedup.ErrUnavailable) {
-				go a.retryLater(func() error {
-					return a.Dedup.Commit(context.Background(), d.key, d.token, tx.ID, window)
-				})
-			}
 		}
 	}
 	if _, _, err := a.Log.Append(ctx, &done); err != nil {
@@ -444,30 +461,30 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 }
 
 // outcomeUnknown ends a transaction whose next hop did not answer the end
-// of DATA: the envelope may be out. As Reconcile does for a crash with
-// the same doubt, at most one envelope is favoured (invariant 3): the
-// submission is committed, so the client's retry gets this identifier,
-// and the receipt is kept unconfirmed in the spool, for the operator to
-// deliver once the next hop confirms, never sent by pecgw (it would
-// certify a message pecgw cannot show was sent). The client gets 451.
+// of DATA: the envelope may be out, and only the next hop can say. The
+// receipt is kept unconfirmed in the spool and the dedup hold stays (put
+// back at every start by Reconcile), so the client's retry gets 451 on
+// every instance: never a second envelope (invariant 3), never a 250
+// without a receipt (invariant 1). The operator asks the next hop and
+// runs pecgw spool confirm (the receipt is delivered, the retry gets this
+// identifier) or reject (the submission is freed and certified anew on
+// retry). pecgw never sends such a receipt on its own: it would certify a
+// message it cannot show was sent.
 func (a *Acceptor) outcomeUnknown(ctx context.Context, s *Submission, tx pec.Transaction, d *dedupTx, spooled bool, window time.Duration, err error) error {
 	what := abortOutcomeUnknown
 	if spooled {
 		if merr := a.Receipts.Mark(tx.ID, delivery.SpoolUnconfirmed); merr != nil {
-			err = errors.Join(err, merr)
+			// A pending entry could later be taken for a receipt owed:
+			// without its mark it goes.
+			err = errors.Join(err, merr, a.Receipts.Remove(tx.ID))
+			what += "; acceptance receipt could not be kept"
 		} else {
-			what += "; acceptance receipt kept unconfirmed"
+			what += "; acceptance receipt kept unconfirmed (pecgw spool confirm or reject)"
 		}
 	}
-	if d != nil {
-		if cerr := a.Dedup.Commit(context.WithoutCancel(ctx), d.key, d.token, tx.ID, window); cerr != nil {
-			err = errors.Join(err, cerr)
-			what += "; " + dedupCommitFailed
-			if errors.Is(cerr, dedup.ErrUnavailable) {
-				go a.retryLater(func() error {
-					return a.Dedup.Commit(context.Background(), d.key, d.token, tx.ID, window)
-				})
-			}
+	if d != nil && d.unclaimed {
+		if herr := a.Dedup.Hold(context.WithoutCancel(ctx), d.key.ID(), d.key.Fingerprint(), tx.ID, window); herr != nil {
+			err = errors.Join(err, herr)
 		}
 	}
 	return a.abort(s, tx, what, err)

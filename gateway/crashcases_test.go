@@ -327,35 +327,87 @@ func TestFailOpenReceiptFailureNoSecondEnvelope(t *testing.T) {
 // TestNextHopOutcomeUnknown: the next hop took the whole envelope and
 // never answered the end of DATA. It may have it: the transaction must
 // not be treated as "not handed off" (its retry would make a second
-// envelope). The log says the outcome is unknown, the submission is
-// committed so the retry gets this identifier, and the receipt is kept
-// unconfirmed for the operator, never delivered by pecgw.
+// envelope), nor answered 250 without a receipt. The log says the outcome
+// is unknown, the hold stays (the retry gets 451, also after a restart),
+// and the receipt waits unconfirmed for the operator: confirm delivers
+// it and the retry gets the identifier; reject frees the submission and
+// the retry is certified anew. pecgw never sends the receipt on its own.
 func TestNextHopOutcomeUnknown(t *testing.T) {
-	n := newNode(t)
-	a := *n.a
-	a.Outbound = &recordingTarget{fail: fmt.Errorf("delivery: smtp next hop: end of DATA: %w: %w", delivery.ErrOutcomeUnknown, os.ErrDeadlineExceeded)}
-	if _, err := a.Process(context.Background(), retry()); !errors.Is(err, delivery.ErrOutcomeUnknown) {
-		t.Fatalf("Process = %v, want the unknown outcome", err)
-	}
-	b := n.lastBusta(t)
-	recs := n.records(t, b.PECID)
-	if last := recs[len(recs)-1]; last.Type != logstore.EventAborted || !strings.HasPrefix(last.Detail, abortOutcomeUnknown) {
-		t.Errorf("records %s, last %+v", types(recs), last)
-	}
-	if e, err := n.spool.Get(b.PECID); err != nil || e.State != delivery.SpoolUnconfirmed {
-		t.Errorf("spool entry %+v, %v; want unconfirmed", e, err)
-	}
-	o, err := n.a.Process(context.Background(), retry())
-	if err != nil || !o.Duplicate || o.ID != b.PECID {
-		t.Fatalf("retry: %+v, %v; want a duplicate of %s", o, err, b.PECID)
-	}
-	if got := n.envelopes(t); got != 0 {
-		t.Errorf("%d more envelopes", got)
-	}
-	if got := n.receiptFiles(t); got != 0 {
-		t.Errorf("%d receipts delivered for an envelope of unknown fate", got)
-	}
-	if rep := n.restart(t, nil); rep != (Report{}) {
-		t.Errorf("reconciliation after: %+v", rep)
+	for _, decision := range []delivery.SpoolState{delivery.SpoolConfirmed, delivery.SpoolRejected} {
+		t.Run(string(decision), func(t *testing.T) {
+			n := newNode(t)
+			a := *n.a
+			a.Outbound = &recordingTarget{fail: fmt.Errorf("delivery: smtp next hop: end of DATA: %w: %w", delivery.ErrOutcomeUnknown, os.ErrDeadlineExceeded)}
+			if _, err := a.Process(context.Background(), retry()); !errors.Is(err, delivery.ErrOutcomeUnknown) {
+				t.Fatalf("Process = %v, want the unknown outcome", err)
+			}
+			b := n.lastBusta(t)
+			recs := n.records(t, b.PECID)
+			if last := recs[len(recs)-1]; last.Type != logstore.EventAborted || !strings.HasPrefix(last.Detail, abortOutcomeUnknown) {
+				t.Errorf("records %s, last %+v", types(recs), last)
+			}
+			if e, err := n.spool.Get(b.PECID); err != nil || e.State != delivery.SpoolUnconfirmed {
+				t.Errorf("spool entry %+v, %v; want unconfirmed", e, err)
+			}
+			retryHeld := func(when string) {
+				t.Helper()
+				_, err := n.a.Process(context.Background(), retry())
+				var ife *InFlightError
+				if !errors.As(err, &ife) || ife.Hold != b.PECID {
+					t.Fatalf("retry %s: %v; want 451, held by %s", when, err, b.PECID)
+				}
+			}
+			retryHeld("before the operator decides")
+			if got, err := n.a.RedeliverReceipts(context.Background()); got != 0 || err != nil {
+				t.Errorf("redelivery of an unconfirmed receipt: %d, %v", got, err)
+			}
+			// The embedded store forgets its holds: Reconcile puts it back.
+			if rep := n.restart(t, nil); rep != (Report{}) {
+				t.Errorf("reconciliation: %+v", rep)
+			}
+			retryHeld("after a restart")
+			if n.envelopes(t) != 0 || n.receiptFiles(t) != 0 {
+				t.Fatalf("%d envelopes, %d receipts before the operator decided", n.envelopes(t), n.receiptFiles(t))
+			}
+
+			// pecgw spool confirm / reject, then the daemon's periodic run.
+			if err := n.spool.Mark(b.PECID, decision); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := n.a.RedeliverReceipts(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			recs = n.records(t, b.PECID)
+			last := recs[len(recs)-1]
+			o, err := n.a.Process(context.Background(), retry())
+			if decision == delivery.SpoolConfirmed {
+				if last.Type != logstore.EventHandedOff || !strings.Contains(last.Detail, operatorConfirmed) || last.Time != b.Time {
+					t.Errorf("after confirm: %+v", last)
+				}
+				n.checkReceipts(t, b, 1)
+				if err != nil || !o.Duplicate || o.ID != b.PECID {
+					t.Fatalf("retry after confirm: %+v, %v; want a duplicate of %s", o, err, b.PECID)
+				}
+				if got := n.envelopes(t); got != 0 {
+					t.Errorf("%d more envelopes", got)
+				}
+			} else {
+				if last.Type != logstore.EventAborted || !strings.HasPrefix(last.Detail, operatorRejected) || last.Time != b.Time {
+					t.Errorf("after reject: %+v", last)
+				}
+				if _, err := n.spool.Get(b.PECID); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("rejected receipt still spooled: %v", err)
+				}
+				if err != nil || o.Duplicate || o.ID == b.PECID {
+					t.Fatalf("retry after reject: %+v, %v; want a new certification", o, err)
+				}
+				if got := n.envelopes(t); got != 1 {
+					t.Errorf("%d envelopes after the new certification", got)
+				}
+			}
+			if rep := n.restart(t, nil); rep != (Report{}) {
+				t.Errorf("reconciliation after: %+v", rep)
+			}
+		})
 	}
 }

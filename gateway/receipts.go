@@ -140,10 +140,10 @@ func (a *Acceptor) settleOwed(ctx context.Context, pecID, want, how string) (don
 	if err != nil {
 		return false, err
 	}
-	if e.State != delivery.SpoolOut {
+	if e.State != delivery.SpoolOut && e.State != delivery.SpoolConfirmed {
 		// Pending: its outcome is for Reconcile to find in the log at the
 		// next start (a retry meanwhile gets 451). Unconfirmed: the
-		// operator's.
+		// operator's. Rejected: RedeliverReceipts drops it.
 		return false, nil
 	}
 	if want != "" {
@@ -152,16 +152,55 @@ func (a *Acceptor) settleOwed(ctx context.Context, pecID, want, how string) (don
 			return false, nil
 		}
 	}
-	if err := settleReceipt(ctx, a.Log, a.Mailboxes, a.Dedup, a.Receipts, e, how, a.DedupWindow); err != nil {
+	if err := settleReceipt(ctx, a.Log, a.Mailboxes, a.Dedup, a.Receipts, e, howSettled(e, how), a.DedupWindow); err != nil {
 		return false, err
 	}
 	return true, nil
 }
 
+// operatorConfirmed and operatorRejected begin the Detail of the records
+// of an unconfirmed receipt the operator decided on (pecgw spool).
+const (
+	operatorConfirmed = "after the operator confirmed that the next hop received the transport envelope,"
+	operatorRejected  = "the operator found that the next hop did not receive the transport envelope: acceptance receipt dropped, the submission may be sent again"
+)
+
+// howSettled says how a spooled receipt came to be delivered.
+func howSettled(e *delivery.SpoolEntry, how string) string {
+	if e.State == delivery.SpoolConfirmed {
+		return operatorConfirmed + " " + how
+	}
+	return how
+}
+
+// rejectSpooled ends a transaction whose envelope the operator found was
+// not received (pecgw spool reject): its hold is abandoned, so a retry is
+// certified anew, an aborted record says so (with the transaction's time
+// reference), and the receipt is removed, in that order.
+func rejectSpooled(ctx context.Context, log TransactionLog, store dedup.Store, spool ReceiptSpool, e *delivery.SpoolEntry, ran string) error {
+	var rec logstore.Record
+	if err := json.Unmarshal(e.Record, &rec); err != nil || rec.PECID != e.ID {
+		return fmt.Errorf("spooled receipt %s: bad record (%v)", e.ID, err)
+	}
+	if id, _, ok := splitDedupKey(rec.DedupKey); ok && store != nil {
+		if err := store.Abandon(ctx, id, e.ID); err != nil {
+			return fmt.Errorf("rejected receipt of %s: dedup: %w", e.ID, err)
+		}
+	}
+	rec.Seq, rec.Prev = 0, ""
+	rec.Type = logstore.EventAborted
+	rec.Detail = operatorRejected + "; recorded at " + ran
+	if _, _, err := log.Append(context.WithoutCancel(ctx), &rec); err != nil {
+		return fmt.Errorf("log the rejection of %s: %w", e.ID, err)
+	}
+	return spool.Remove(e.ID)
+}
+
 // RedeliverReceipts delivers every spooled receipt whose envelope is known
-// to be out and which no transaction of this process holds. It returns
-// how many were delivered, and the errors of those that were not (they
-// are tried again next time).
+// to be out (its receipt hand-off failed, or the operator confirmed it)
+// and which no transaction of this process holds, and drops those the
+// operator rejected. It returns how many were delivered, and the errors
+// of those that were not (they are tried again next time).
 func (a *Acceptor) RedeliverReceipts(ctx context.Context) (int, error) {
 	if a.Receipts == nil {
 		return 0, nil
@@ -173,15 +212,30 @@ func (a *Acceptor) RedeliverReceipts(ctx context.Context) (int, error) {
 	n := 0
 	var errs []error
 	for _, id := range ids {
-		if states[id] != delivery.SpoolOut || ctx.Err() != nil {
-			continue
+		if ctx.Err() != nil {
+			break
 		}
-		ok, err := a.settleOwed(ctx, id, "", "by the periodic redelivery at "+a.nowText())
-		if err != nil {
-			errs = append(errs, err)
-		}
-		if ok {
-			n++
+		switch states[id] {
+		case delivery.SpoolOut, delivery.SpoolConfirmed:
+			ok, err := a.settleOwed(ctx, id, "", "by the periodic redelivery at "+a.nowText())
+			if err != nil {
+				errs = append(errs, err)
+			}
+			if ok {
+				n++
+			}
+		case delivery.SpoolRejected:
+			if !a.Receipts.Claim(id) {
+				continue
+			}
+			e, err := a.Receipts.Get(id)
+			if err == nil && e.State == delivery.SpoolRejected {
+				err = rejectSpooled(ctx, a.Log, a.Dedup, a.Receipts, e, a.nowText())
+			}
+			a.Receipts.Done(id)
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
 		}
 	}
 	return n, errors.Join(errs...)

@@ -175,8 +175,17 @@ func Reconcile(ctx context.Context, in ReconcileInput) (Report, error) {
 	// with) went out, the Detail that says how it is known, and whether
 	// its receipt is known to be out too.
 	envelopeFate := func(b *logstore.Record, e *delivery.SpoolEntry) (f fate, detail string, receiptOut bool, err error) {
-		if e != nil && e.State == delivery.SpoolOut {
-			return fateOut, reconciledSpooledOut, false, nil
+		if e != nil {
+			switch e.State {
+			case delivery.SpoolOut, delivery.SpoolConfirmed:
+				return fateOut, reconciledSpooledOut, false, nil
+			case delivery.SpoolRejected:
+				return fateNotOut, reconciledNotFound, false, nil
+			case delivery.SpoolUnconfirmed:
+				// The next hop did not answer; the crash came before
+				// the abort record. Still the operator's to decide.
+				return fateUnknown, reconciledUnknown, false, nil
+			}
 		}
 		trace := dedup.TraceUnknown
 		if id, fp, ok := splitDedupKey(b.DedupKey); ok && in.Store != nil {
@@ -255,7 +264,7 @@ func Reconcile(ctx context.Context, in ReconcileInput) (Report, error) {
 				detail += reconciledNoReceipt
 				break
 			}
-			rec, err := deliverSpooled(ctx, in.Mailboxes, e, "")
+			rec, err := deliverSpooled(ctx, in.Mailboxes, e, howSettled(e, ""))
 			if err != nil {
 				return rep, fmt.Errorf("reconcile %s: %w", id, err)
 			}
@@ -280,15 +289,21 @@ func Reconcile(ctx context.Context, in ReconcileInput) (Report, error) {
 			}
 		}
 		if dk, fp, ok := splitDedupKey(b.DedupKey); ok && in.Store != nil {
-			// Either way the transaction's hold (dedup.Store.Prepare), if
-			// it took one, is resolved: a shared store's other instances
-			// answer the retry 451 until this is done.
-			if f != fateNotOut {
-				if err := in.Store.Remember(ctx, dk, fp, b.PECID, window); err != nil {
-					return rep, fmt.Errorf("reconcile %s: dedup: %w", b.PECID, err)
-				}
+			// The transaction's hold (dedup.Store.Prepare), if it took
+			// one, is resolved: committed when the envelope is out,
+			// dropped when not; kept (put back) when unknown, so that a
+			// retry waits for the operator on every instance.
+			var err error
+			switch f {
+			case fateOut:
+				err = in.Store.Remember(ctx, dk, fp, b.PECID, window)
 				rep.Remembered++
-			} else if err := in.Store.Abandon(ctx, dk, b.PECID); err != nil {
+			case fateNotOut:
+				err = in.Store.Abandon(ctx, dk, b.PECID)
+			default:
+				err = in.Store.Hold(ctx, dk, fp, b.PECID, window)
+			}
+			if err != nil {
 				return rep, fmt.Errorf("reconcile %s: dedup: %w", b.PECID, err)
 			}
 		}
@@ -313,7 +328,7 @@ func Reconcile(ctx context.Context, in ReconcileInput) (Report, error) {
 		}
 		for _, id := range ids {
 			if resolved[id] || states[id] == delivery.SpoolUnconfirmed {
-				continue
+				continue // unconfirmed: held below, for the operator
 			}
 			if err := ctx.Err(); err != nil {
 				return rep, err
@@ -329,8 +344,25 @@ func Reconcile(ctx context.Context, in ReconcileInput) (Report, error) {
 			if err != nil {
 				return rep, fmt.Errorf("reconcile: %w", err)
 			}
+			switch e.State {
+			case delivery.SpoolConfirmed:
+				if err := settleReceipt(ctx, in.Log, in.Mailboxes, in.Store, in.Receipts, e, howSettled(e, "by the reconciliation at "+ran), window); err != nil {
+					return rep, fmt.Errorf("reconcile %s: %w", id, err)
+				}
+				rep.Receipts++
+				continue
+			case delivery.SpoolRejected:
+				if err := rejectSpooled(ctx, in.Log, in.Store, in.Receipts, e, ran); err != nil {
+					return rep, fmt.Errorf("reconcile %s: %w", id, err)
+				}
+				rep.ReceiptsDropped++
+				st.notOut = true // for the dedup step below
+				continue
+			}
 			f := fateUnknown
 			switch {
+			case st.unknown && !st.receiptOut && !st.notOut:
+				f = fateUnknown // the next hop did not answer: the operator's
 			case st.busta == nil:
 				// The spool entry is written alongside the write-ahead
 				// records and the envelope handed off only after both: no
@@ -389,9 +421,13 @@ func Reconcile(ctx context.Context, in ReconcileInput) (Report, error) {
 				err = in.Store.Abandon(ctx, dk, id)
 			case st.commitOwed:
 				err = in.Store.Remember(ctx, dk, fp, id, window)
+			case st.unknown && !st.receiptOut:
+				// Put back at every start: the embedded store forgets
+				// holds with its process.
+				err = in.Store.Hold(ctx, dk, fp, id, window)
 			}
 			switch {
-			case errors.Is(err, dedup.ErrUnavailable) && st.notOut:
+			case errors.Is(err, dedup.ErrUnavailable) && !st.commitOwed:
 				// A hold left to expire is no danger (a retry meanwhile
 				// gets 451): tried again at the next start. A commit is:
 				// with the embedded store the hold died with the process,
@@ -415,8 +451,11 @@ type txState struct {
 	// receiptOwed: an aborted record says the envelope went out and the
 	// receipt did not.
 	receiptOwed bool
-	// notOut: an aborted record says the envelope was not handed off.
+	// notOut: an aborted record says the envelope was not handed off
+	// (or the operator found it was not received).
 	notOut bool
+	// unknown: an aborted record says the envelope's fate is unknown.
+	unknown bool
 	// commitOwed: a record says the dedup commit failed.
 	commitOwed bool
 }
@@ -445,8 +484,11 @@ func (st *txState) add(r *logstore.Record) {
 		switch {
 		case strings.HasPrefix(r.Detail, abortReceiptNotDelivered):
 			st.receiptOwed = true
-		case strings.Contains(r.Detail, notHandedOff), strings.HasPrefix(r.Detail, reconciledNotFound):
+		case strings.Contains(r.Detail, notHandedOff), strings.HasPrefix(r.Detail, reconciledNotFound),
+			strings.HasPrefix(r.Detail, operatorRejected):
 			st.notOut = true
+		case strings.HasPrefix(r.Detail, abortOutcomeUnknown), strings.HasPrefix(r.Detail, reconciledUnknown):
+			st.unknown = true
 		}
 	}
 }

@@ -366,14 +366,16 @@ func TestReconcileEnvelopeNotOut(t *testing.T) {
 }
 
 // TestReconcileNextHopUnknown: with an outbound target that cannot be
-// searched, the outcome is unknown: aborted, but remembered, so that a
-// retry is answered with the original identifier (at most one envelope).
+// searched and a store that cannot tell (embedded), the outcome is
+// unknown: aborted, the receipt kept unconfirmed, the hold put back, so a
+// retry waits for the operator (at most one envelope, no 250 without a
+// receipt) — also after another restart.
 func TestReconcileNextHopUnknown(t *testing.T) {
 	n := newNode(t)
 	n.crashAt(t, retry(), true, false)
 	b := n.lastBusta(t)
 	rep := n.restart(t, &recordingTarget{})
-	if rep != (Report{Incomplete: 1, Unknown: 1, Remembered: 1, ReceiptsUnconfirmed: 1}) {
+	if rep != (Report{Incomplete: 1, Unknown: 1, ReceiptsUnconfirmed: 1}) {
 		t.Errorf("report %+v", rep)
 	}
 	checkReconciled(t, n.records(t, b.PECID), b, logstore.EventAborted, reconciledUnknown)
@@ -384,9 +386,17 @@ func TestReconcileNextHopUnknown(t *testing.T) {
 	if got := n.receiptFiles(t); got != 0 {
 		t.Errorf("%d receipts delivered for an envelope of unknown fate", got)
 	}
-	o, err := n.a.Process(context.Background(), retry())
-	if err != nil || !o.Duplicate || o.ID != b.PECID {
-		t.Fatalf("retry: %+v, %v; want a duplicate of %s", o, err, b.PECID)
+	for _, when := range []string{"after the reconciliation", "after another restart"} {
+		_, err := n.a.Process(context.Background(), retry())
+		var ife *InFlightError
+		if !errors.As(err, &ife) || ife.Hold != b.PECID {
+			t.Fatalf("retry %s: %v; want 451, held by %s", when, err, b.PECID)
+		}
+		if when == "after the reconciliation" {
+			if rep := n.restart(t, &recordingTarget{}); rep != (Report{}) {
+				t.Errorf("second reconciliation: %+v", rep)
+			}
+		}
 	}
 }
 

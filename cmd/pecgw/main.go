@@ -25,9 +25,9 @@ usage:
   pecgw verify FILE.eml [--ca CA.pem]   check a signed PEC message and show what it certifies
   pecgw log tail|query|verify|purge|reindex --dir DIR ...
                                         read, check and maintain the transaction log (pecgw log help)
-  pecgw spool list|confirm [PEC-ID] --config FILE
-                                        acceptance receipts waiting for delivery; confirm one whose
-                                        envelope the next hop has confirmed
+  pecgw spool list|confirm|reject [PEC-ID] --config FILE
+                                        acceptance receipts waiting for delivery; confirm or reject
+                                        one whose envelope's fate the next hop has told
   pecgw version                         print the version
   pecgw help                            this text
 `

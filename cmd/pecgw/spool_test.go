@@ -9,8 +9,8 @@ import (
 )
 
 // TestSpoolCommand: list shows the waiting receipts with what to do;
-// confirm releases an unconfirmed one (the daemon then delivers it) and
-// refuses anything else.
+// confirm and reject record the operator's decision on an unconfirmed one
+// (the daemon then acts on it) and refuse any other.
 func TestSpoolCommand(t *testing.T) {
 	cfg := newInitialized(t)
 	sp, err := delivery.OpenSpool(filepath.Join(filepath.Dir(cfg), "spool"))
@@ -34,11 +34,23 @@ func TestSpoolCommand(t *testing.T) {
 		!strings.Contains(out, "mario@pec.example.it") || !strings.Contains(out, `"fattura 12"`) {
 		t.Fatalf("list: exit %d\n%s%s", code, out, errOut)
 	}
-	if code, out, errOut := runCmd(t, "spool", "confirm", id, "--config", cfg); code != 0 || !strings.Contains(out, "within a minute") {
+	if code, out, errOut := runCmd(t, "spool", "confirm", id, "--config", cfg); code != 0 || !strings.Contains(out, "delivers it within a minute") {
 		t.Fatalf("confirm: exit %d\n%s%s", code, out, errOut)
 	}
-	if e, err := sp.Get(id); err != nil || e.State != delivery.SpoolOut {
-		t.Errorf("after confirm: %+v, %v; want out", e, err)
+	if e, err := sp.Get(id); err != nil || e.State != delivery.SpoolConfirmed {
+		t.Errorf("after confirm: %+v, %v; want confirmed", e, err)
+	}
+	if code, _, errOut := runCmd(t, "spool", "reject", id, "--config", cfg); code != 1 || !strings.Contains(errOut, "not unconfirmed") {
+		t.Errorf("reject of a confirmed receipt: exit %d %s", code, errOut)
+	}
+	if err := sp.Mark(id, delivery.SpoolUnconfirmed); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errOut := runCmd(t, "spool", "reject", id, "--config", cfg); code != 0 || !strings.Contains(out, "drops it") {
+		t.Fatalf("reject: exit %d\n%s%s", code, out, errOut)
+	}
+	if e, err := sp.Get(id); err != nil || e.State != delivery.SpoolRejected {
+		t.Errorf("after reject: %+v, %v; want rejected", e, err)
 	}
 	if code, _, errOut := runCmd(t, "spool", "confirm", "20261123103000.nosuch@pec.example.it", "--config", cfg); code != 1 || !strings.Contains(errOut, "no entry") {
 		t.Errorf("confirm of nothing: exit %d %s", code, errOut)
