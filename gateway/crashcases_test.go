@@ -411,3 +411,54 @@ func TestNextHopOutcomeUnknown(t *testing.T) {
 		})
 	}
 }
+
+type claimUnavailable struct{ dedup.Store }
+
+func (s claimUnavailable) Claim(ctx context.Context, k dedup.Key, lease time.Duration) (dedup.Claim, error) {
+	return dedup.Claim{}, fmt.Errorf("%w: injected", dedup.ErrUnavailable)
+}
+
+// TestFailOpenWithoutClaim: on_error = accept and the store down for the
+// claim. Once the envelope is out (or may be), the submission is still
+// recorded, so the client's retry when the store is back is not certified
+// a second time: remembered after a failed receipt, held after an unknown
+// outcome.
+func TestFailOpenWithoutClaim(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		outbound delivery.Target
+		mailbox  bool // the receipt hand-off fails
+		held     bool // the retry waits (unknown outcome) rather than gets the id
+	}{
+		{"receipt failed", nil, true, false},
+		{"outcome unknown", &recordingTarget{fail: fmt.Errorf("end of DATA: %w", delivery.ErrOutcomeUnknown)}, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := newNode(t)
+			a := *n.a
+			a.DedupFailOpen = true
+			a.Dedup = claimUnavailable{n.store}
+			if tc.outbound != nil {
+				a.Outbound = tc.outbound
+			}
+			if tc.mailbox {
+				a.Mailboxes = &recordingTarget{fail: errors.New("mailbox down")}
+			}
+			if _, err := a.Process(context.Background(), retry()); err == nil {
+				t.Fatal("want a temporary failure")
+			}
+			b := n.lastBusta(t)
+			o, err := n.a.Process(context.Background(), retry())
+			var ife *InFlightError
+			switch {
+			case tc.held && (!errors.As(err, &ife) || ife.Hold != b.PECID):
+				t.Fatalf("retry: %+v, %v; want 451 held by %s", o, err, b.PECID)
+			case !tc.held && (err != nil || !o.Duplicate || o.ID != b.PECID):
+				t.Fatalf("retry: %+v, %v; want a duplicate of %s", o, err, b.PECID)
+			}
+			if got := n.envelopes(t); got > 1 {
+				t.Errorf("%d envelopes", got)
+			}
+		})
+	}
+}
