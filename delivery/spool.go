@@ -43,9 +43,10 @@ import (
 // fsync). A transaction running in this process marks its entry active,
 // so that a redelivery never races the transaction's own hand-off.
 type Spool struct {
-	dir    string
-	mu     sync.Mutex
-	active map[string]bool
+	dir      string
+	mu       sync.Mutex
+	active   map[string]bool
+	recorded map[string]bool
 }
 
 // SpoolEntry is one spooled receipt.
@@ -88,7 +89,7 @@ func OpenSpool(dir string) (*Spool, error) {
 	if err := safeio.MkdirAllSync(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("delivery: spool: %w", err)
 	}
-	return &Spool{dir: dir, active: map[string]bool{}}, nil
+	return &Spool{dir: dir, active: map[string]bool{}, recorded: map[string]bool{}}, nil
 }
 
 // Dir is the spool's folder.
@@ -182,6 +183,23 @@ func (s *Spool) Claim(id string) bool {
 	return true
 }
 
+// SetRecorded notes that the outcome of the entry of id (a late delivery,
+// a rejection) is in the log, so that a removal that failed is retried
+// without logging it twice. In memory: after a restart, the
+// reconciliation reads it from the log.
+func (s *Spool) SetRecorded(id string) {
+	s.mu.Lock()
+	s.recorded[id] = true
+	s.mu.Unlock()
+}
+
+// Recorded reports whether SetRecorded was called for id.
+func (s *Spool) Recorded(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.recorded[id]
+}
+
 // Active reports whether a transaction or a redelivery has the entry.
 func (s *Spool) Active(id string) bool {
 	s.mu.Lock()
@@ -273,6 +291,9 @@ func (s *Spool) Remove(id string) error {
 			return fmt.Errorf("delivery: spool: %w", err)
 		}
 	}
+	s.mu.Lock()
+	delete(s.recorded, id)
+	s.mu.Unlock()
 	return nil
 }
 

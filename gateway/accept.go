@@ -407,7 +407,7 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 	if err := a.Outbound.Deliver(ctx, deliveryMessage(envelope, envData)); err != nil {
 		if errors.Is(err, delivery.ErrOutcomeUnknown) {
 			envelopeOut = true // may be: nothing is released
-			return nil, a.outcomeUnknown(ctx, s, tx, d, spooled, window, err)
+			return nil, a.outcomeUnknown(ctx, s, tx, d, spooled, dedupSkipped, window, err)
 		}
 		notOut()
 		return nil, a.abort(s, tx, notHandedOff, err)
@@ -426,15 +426,22 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 				what += " (kept for a later delivery)"
 			}
 		}
-		if d != nil && (!spooled || dedupSkipped) {
+		switch {
+		case d == nil:
+		case !spooled:
 			// No spool: the receipt cannot be delivered later, and a
 			// hold kept for it would answer every retry 451 until the
-			// window ends. No hold (on_error = accept): nothing would
-			// stop a second envelope. Either way the retry gets the
-			// identifier; the log proves the acceptance (RFC 6109 §2.3).
+			// window ends. The retry gets the identifier; the log proves
+			// the acceptance (RFC 6109 §2.3).
 			if cerr := a.commitKey(ctx, d, tx.ID, window); cerr != nil {
 				err = errors.Join(err, cerr)
 				what += "; " + dedupCommitFailed // Reconcile remembers it
+			}
+		case dedupSkipped:
+			// No hold was taken (on_error = accept): take one now, so
+			// that the retry waits for the receipt as it does above.
+			if herr := a.holdKey(ctx, d, tx.ID, window); herr != nil {
+				err = errors.Join(err, herr)
 			}
 		}
 		return nil, a.abort(s, tx, what, err)
@@ -470,8 +477,9 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 // identifier) or reject (the submission is freed and certified anew on
 // retry). pecgw never sends such a receipt on its own: it would certify a
 // message it cannot show was sent.
-func (a *Acceptor) outcomeUnknown(ctx context.Context, s *Submission, tx pec.Transaction, d *dedupTx, spooled bool, window time.Duration, err error) error {
+func (a *Acceptor) outcomeUnknown(ctx context.Context, s *Submission, tx pec.Transaction, d *dedupTx, spooled, dedupSkipped bool, window time.Duration, err error) error {
 	what := abortOutcomeUnknown
+	kept := false
 	if spooled {
 		if merr := a.Receipts.Mark(tx.ID, delivery.SpoolUnconfirmed); merr != nil {
 			// A pending entry could later be taken for a receipt owed:
@@ -479,15 +487,51 @@ func (a *Acceptor) outcomeUnknown(ctx context.Context, s *Submission, tx pec.Tra
 			err = errors.Join(err, merr, a.Receipts.Remove(tx.ID))
 			what += "; acceptance receipt could not be kept"
 		} else {
+			kept = true
 			what += "; acceptance receipt kept unconfirmed (pecgw spool confirm or reject)"
 		}
 	}
-	if d != nil && d.unclaimed {
-		if herr := a.Dedup.Hold(context.WithoutCancel(ctx), d.key.ID(), d.key.Fingerprint(), tx.ID, window); herr != nil {
+	switch {
+	case d == nil:
+	case !kept:
+		// Without a receipt in the spool the operator has nothing to
+		// confirm or reject: a hold would block the submission for the
+		// whole window. The retry gets this identifier instead (at most
+		// one envelope); the log says the outcome is unknown.
+		if cerr := a.commitKey(ctx, d, tx.ID, window); cerr != nil {
+			err = errors.Join(err, cerr)
+			what += "; " + dedupCommitFailed
+		}
+	case d.unclaimed || dedupSkipped:
+		// on_error = accept went on without a hold: take one now.
+		if herr := a.holdKey(ctx, d, tx.ID, window); herr != nil {
 			err = errors.Join(err, herr)
 		}
 	}
 	return a.abort(s, tx, what, err)
+}
+
+// holdKey makes sure a hold naming pecID is on the submission when the
+// transaction could not take one before its hand-off (on_error =
+// accept): its own lease becomes the hold if still there (Prepare), or a
+// hold is put without a lease (Hold). A store unavailable is retried in
+// the background; Reconcile puts unknown outcomes' holds back at start.
+func (a *Acceptor) holdKey(ctx context.Context, d *dedupTx, pecID string, window time.Duration) error {
+	op := func(ctx context.Context) error {
+		if !d.unclaimed {
+			if a.Dedup.Prepare(ctx, d.key, d.token, pecID, window) == nil {
+				return nil
+			}
+			// Hold leaves any lease alone, our own too: drop it first.
+			_ = a.Dedup.Release(ctx, d.key, d.token)
+		}
+		return a.Dedup.Hold(ctx, d.key.ID(), d.key.Fingerprint(), pecID, window)
+	}
+	err := op(context.WithoutCancel(ctx))
+	if errors.Is(err, dedup.ErrUnavailable) {
+		go a.retryLater(func() error { return op(context.Background()) })
+	}
+	return err
 }
 
 // Details the reconciliation reads back.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -299,9 +300,10 @@ func TestCommittedBeforeCrashIsComplete(t *testing.T) {
 }
 
 // TestFailOpenReceiptFailureNoSecondEnvelope: on_error = accept, the
-// hold could not be taken and the receipt hand-off failed: the key is
-// committed all the same, so a retry once the store is back is not
-// certified a second time.
+// hold could not be taken before the hand-off and the receipt hand-off
+// failed: a hold is taken then, so a retry waits for the receipt (451)
+// rather than being certified a second time, and once the receipt is
+// delivered late the retry gets the identifier.
 func TestFailOpenReceiptFailureNoSecondEnvelope(t *testing.T) {
 	n := newNode(t)
 	mb := &failingMailboxes{Target: n.a.Mailboxes}
@@ -314,14 +316,18 @@ func TestFailOpenReceiptFailureNoSecondEnvelope(t *testing.T) {
 	if _, err := a.Process(context.Background(), retry()); err == nil {
 		t.Fatal("accepted without the receipt")
 	}
+	b := n.lastBusta(t)
 	time.Sleep(100 * time.Millisecond) // the lease is gone
+	// n.a's mailboxes work again: the retry delivers the owed receipt,
+	// then gets the identifier.
 	o, err := n.a.Process(context.Background(), retry())
-	if err != nil || !o.Duplicate {
-		t.Fatalf("retry: %+v, %v; want a duplicate", o, err)
+	if err != nil || !o.Duplicate || o.ID != b.PECID {
+		t.Fatalf("retry: %+v, %v; want a duplicate of %s", o, err, b.PECID)
 	}
 	if got := n.envelopes(t); got != 1 {
 		t.Errorf("%d envelopes", got)
 	}
+	n.checkReceipts(t, b, 1)
 }
 
 // TestNextHopOutcomeUnknown: the next hop took the whole envelope and
@@ -460,5 +466,114 @@ func TestFailOpenWithoutClaim(t *testing.T) {
 				t.Errorf("%d envelopes", got)
 			}
 		})
+	}
+}
+
+// flakySpool fails the first removals or marks, as a disk in trouble.
+type flakySpool struct {
+	ReceiptSpool
+	failRemove, failMark atomic.Int32
+}
+
+func (f *flakySpool) Remove(id string) error {
+	if f.failRemove.Add(-1) >= 0 {
+		return errors.New("injected: remove failed")
+	}
+	return f.ReceiptSpool.Remove(id)
+}
+
+func (f *flakySpool) Mark(id string, st delivery.SpoolState) error {
+	if f.failMark.Add(-1) >= 0 {
+		return errors.New("injected: rename failed")
+	}
+	return f.ReceiptSpool.Mark(id, st)
+}
+
+// countDetail counts the records of pecID whose Detail has prefix.
+func countDetail(t *testing.T, n *node, pecID, contains string) int {
+	t.Helper()
+	c := 0
+	for _, r := range n.records(t, pecID) {
+		if strings.Contains(r.Detail, contains) {
+			c++
+		}
+	}
+	return c
+}
+
+// TestOperatorDecisionAppliedOnce: a confirmation or a rejection whose
+// spool entry could not be removed after it was logged is not applied
+// again, neither by the next periodic run nor by the next start.
+func TestOperatorDecisionAppliedOnce(t *testing.T) {
+	for _, decision := range []delivery.SpoolState{delivery.SpoolConfirmed, delivery.SpoolRejected} {
+		t.Run(string(decision), func(t *testing.T) {
+			n := newNode(t)
+			a := *n.a
+			a.Outbound = &recordingTarget{fail: fmt.Errorf("end of DATA: %w", delivery.ErrOutcomeUnknown)}
+			if _, err := a.Process(context.Background(), retry()); !errors.Is(err, delivery.ErrOutcomeUnknown) {
+				t.Fatal(err)
+			}
+			b := n.lastBusta(t)
+			if err := n.spool.Mark(b.PECID, decision); err != nil {
+				t.Fatal(err)
+			}
+			fs := &flakySpool{ReceiptSpool: n.spool}
+			fs.failRemove.Store(2)
+			n.a.Receipts = fs
+			want := operatorConfirmed
+			if decision == delivery.SpoolRejected {
+				want = operatorRejected
+			}
+			for range 2 { // the periodic run, twice, the removal failing
+				if _, err := n.a.RedeliverReceipts(context.Background()); err == nil {
+					t.Error("redelivery: want the removal's error")
+				}
+			}
+			if got := countDetail(t, n, b.PECID, want); got != 1 {
+				t.Errorf("%d records of the decision after two runs, want 1", got)
+			}
+			if _, err := n.spool.Get(b.PECID); err != nil {
+				t.Fatalf("entry gone already: %v", err)
+			}
+			// The process dies with the entry still there.
+			n.restart(t, nil)
+			if got := countDetail(t, n, b.PECID, want); got != 1 {
+				t.Errorf("%d records of the decision after the restart, want 1", got)
+			}
+			if _, err := n.spool.Get(b.PECID); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("entry after the restart: %v", err)
+			}
+			if decision == delivery.SpoolConfirmed {
+				n.checkReceipts(t, b, 1)
+			}
+		})
+	}
+}
+
+// TestUnknownWithoutReceiptIsNotStuck: the unconfirmed mark failed, so no
+// receipt is kept: there would be nothing for the operator to confirm or
+// reject, and a hold would block the submission for the whole window.
+// The submission is remembered instead: the retry gets the identifier.
+func TestUnknownWithoutReceiptIsNotStuck(t *testing.T) {
+	n := newNode(t)
+	fs := &flakySpool{ReceiptSpool: n.spool}
+	fs.failMark.Store(1)
+	a := *n.a
+	a.Receipts = fs
+	a.Outbound = &recordingTarget{fail: fmt.Errorf("end of DATA: %w", delivery.ErrOutcomeUnknown)}
+	if _, err := a.Process(context.Background(), retry()); !errors.Is(err, delivery.ErrOutcomeUnknown) {
+		t.Fatal(err)
+	}
+	b := n.lastBusta(t)
+	if got := countDetail(t, n, b.PECID, "acceptance receipt could not be kept"); got != 1 {
+		t.Errorf("records %s", types(n.records(t, b.PECID)))
+	}
+	if _, err := n.spool.Get(b.PECID); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("entry: %v; want none (never to be delivered)", err)
+	}
+	n.restart(t, nil)
+	o, err := n.a.Process(context.Background(), retry())
+	if err != nil || !o.Duplicate || o.ID != b.PECID {
+		t.Fatalf("retry: %+v, %v; want a duplicate of %s", o, err, b.PECID)
 	}
 }

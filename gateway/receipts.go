@@ -40,6 +40,8 @@ type ReceiptSpool interface {
 	Mark(id string, st delivery.SpoolState) error
 	Remove(id string) error
 	List() (map[string]delivery.SpoolState, []string, error)
+	SetRecorded(id string)
+	Recorded(id string) bool
 }
 
 var _ ReceiptSpool = (*delivery.Spool)(nil)
@@ -104,23 +106,23 @@ func deliverSpooled(ctx context.Context, mailboxes delivery.Target, e *delivery.
 // the next Reconcile, which finds the receipt already in a maildir
 // mailbox (or, over LMTP, delivers it once more: twice rather than never).
 func settleReceipt(ctx context.Context, log TransactionLog, mailboxes delivery.Target, store dedup.Store, spool ReceiptSpool,
-	e *delivery.SpoolEntry, how string, window time.Duration) error {
+	e *delivery.SpoolEntry, how string, window time.Duration) (recorded bool, err error) {
 	rec, err := deliverSpooled(ctx, mailboxes, e, how)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if id, fp, ok := splitDedupKey(rec.DedupKey); ok && store != nil {
 		if err := store.Remember(ctx, id, fp, e.ID, durationOr(window, 7*24*time.Hour)); err != nil {
-			return fmt.Errorf("acceptance receipt of %s delivered, dedup not settled: %w", e.ID, err)
+			return false, fmt.Errorf("acceptance receipt of %s delivered, dedup not settled: %w", e.ID, err)
 		}
 	}
 	if _, _, err := log.Append(context.WithoutCancel(ctx), rec); err != nil {
-		return fmt.Errorf("log the late hand-off of %s: %w", e.ID, err)
+		return false, fmt.Errorf("log the late hand-off of %s: %w", e.ID, err)
 	}
 	if err := spool.Remove(e.ID); err != nil {
-		return fmt.Errorf("remove the spooled receipt of %s: %w", e.ID, err)
+		return true, fmt.Errorf("remove the spooled receipt of %s: %w", e.ID, err)
 	}
-	return nil
+	return true, nil
 }
 
 // settleOwed delivers the receipt owed by transaction pecID when this
@@ -152,10 +154,15 @@ func (a *Acceptor) settleOwed(ctx context.Context, pecID, want, how string) (don
 			return false, nil
 		}
 	}
-	if err := settleReceipt(ctx, a.Log, a.Mailboxes, a.Dedup, a.Receipts, e, howSettled(e, how), a.DedupWindow); err != nil {
-		return false, err
+	if a.Receipts.Recorded(pecID) {
+		// Delivered and logged; only its removal failed.
+		return false, a.Receipts.Remove(pecID)
 	}
-	return true, nil
+	recorded, err := settleReceipt(ctx, a.Log, a.Mailboxes, a.Dedup, a.Receipts, e, howSettled(e, how), a.DedupWindow)
+	if recorded {
+		a.Receipts.SetRecorded(pecID)
+	}
+	return recorded, err
 }
 
 // operatorConfirmed and operatorRejected begin the Detail of the records
@@ -174,26 +181,43 @@ func howSettled(e *delivery.SpoolEntry, how string) string {
 }
 
 // rejectSpooled ends a transaction whose envelope the operator found was
-// not received (pecgw spool reject): its hold is abandoned, so a retry is
-// certified anew, an aborted record says so (with the transaction's time
-// reference), and the receipt is removed, in that order.
-func rejectSpooled(ctx context.Context, log TransactionLog, store dedup.Store, spool ReceiptSpool, e *delivery.SpoolEntry, ran string) error {
+// not received (pecgw spool reject): an aborted record says so (with the
+// transaction's time reference), unless recorded is set (the log has it
+// already: a removal that did not happen before a crash), then its hold
+// is abandoned, so a retry is certified anew, and the receipt removed. A
+// submission already committed with this identifier cannot be rejected
+// (the retry is answered with it): the entry stays, and the error says
+// why. An unavailable store leaves the entry for the next try; the
+// record written, Reconcile also abandons the hold at the next start.
+func rejectSpooled(ctx context.Context, log TransactionLog, store dedup.Store, spool ReceiptSpool, e *delivery.SpoolEntry, ran string, recorded bool) (bool, error) {
 	var rec logstore.Record
 	if err := json.Unmarshal(e.Record, &rec); err != nil || rec.PECID != e.ID {
-		return fmt.Errorf("spooled receipt %s: bad record (%v)", e.ID, err)
+		return recorded, fmt.Errorf("spooled receipt %s: bad record (%v)", e.ID, err)
 	}
-	if id, _, ok := splitDedupKey(rec.DedupKey); ok && store != nil {
-		if err := store.Abandon(ctx, id, e.ID); err != nil {
-			return fmt.Errorf("rejected receipt of %s: dedup: %w", e.ID, err)
+	id, fp, keyed := splitDedupKey(rec.DedupKey)
+	if !recorded {
+		if keyed && store != nil {
+			tr, err := store.Trace(ctx, id, fp, e.ID)
+			if err != nil {
+				return false, fmt.Errorf("rejected receipt of %s: dedup: %w", e.ID, err)
+			}
+			if tr == dedup.TraceCommitted {
+				return false, fmt.Errorf("rejected receipt of %s: the submission is committed with this identifier and its retries are answered with it; cannot reject", e.ID)
+			}
+		}
+		rec.Seq, rec.Prev = 0, ""
+		rec.Type = logstore.EventAborted
+		rec.Detail = operatorRejected + "; recorded at " + ran
+		if _, _, err := log.Append(context.WithoutCancel(ctx), &rec); err != nil {
+			return false, fmt.Errorf("log the rejection of %s: %w", e.ID, err)
 		}
 	}
-	rec.Seq, rec.Prev = 0, ""
-	rec.Type = logstore.EventAborted
-	rec.Detail = operatorRejected + "; recorded at " + ran
-	if _, _, err := log.Append(context.WithoutCancel(ctx), &rec); err != nil {
-		return fmt.Errorf("log the rejection of %s: %w", e.ID, err)
+	if keyed && store != nil {
+		if err := store.Abandon(ctx, id, e.ID); err != nil {
+			return true, fmt.Errorf("rejected receipt of %s: dedup: %w", e.ID, err)
+		}
 	}
-	return spool.Remove(e.ID)
+	return true, spool.Remove(e.ID)
 }
 
 // RedeliverReceipts delivers every spooled receipt whose envelope is known
@@ -230,7 +254,10 @@ func (a *Acceptor) RedeliverReceipts(ctx context.Context) (int, error) {
 			}
 			e, err := a.Receipts.Get(id)
 			if err == nil && e.State == delivery.SpoolRejected {
-				err = rejectSpooled(ctx, a.Log, a.Dedup, a.Receipts, e, a.nowText())
+				var recorded bool
+				if recorded, err = rejectSpooled(ctx, a.Log, a.Dedup, a.Receipts, e, a.nowText(), a.Receipts.Recorded(id)); recorded {
+					a.Receipts.SetRecorded(id)
+				}
 			}
 			a.Receipts.Done(id)
 			if err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -49,7 +49,9 @@ type Report struct {
 	// aborted.
 	NotFound int
 	// Unknown: the outbound target cannot be searched (next-hop SMTP) and
-	// nothing else tells; now aborted, and remembered by the dedup store.
+	// nothing else tells; now aborted, its hold kept and its receipt
+	// unconfirmed for the operator (pecgw spool confirm|reject), or, with
+	// no receipt kept, remembered by the dedup store.
 	Unknown int
 	// Remembered: dedup entries written for found or unknown envelopes.
 	Remembered int
@@ -115,11 +117,12 @@ const (
 //   - not out: the spooled receipt is dropped, the store abandons the
 //     hold, an aborted record is appended, and a retry is certified as
 //     new;
-//   - unknown: the store remembers the submission (at most one envelope
-//     is favoured over the certainty that one went out), an aborted
+//   - unknown: the transaction's hold is kept (put back), an aborted
 //     record says the outcome is unknown, and the spooled receipt is kept
-//     as unconfirmed: pecgw never certifies the acceptance of an envelope
-//     it cannot show was sent.
+//     as unconfirmed for the operator (pecgw spool confirm|reject): a
+//     retry waits meanwhile, and pecgw never certifies the acceptance of
+//     an envelope it cannot show was sent. Without a spooled receipt the
+//     store remembers the submission instead (at most one envelope).
 //
 // Then every other spooled receipt is resolved the same way, and the
 // dedup state of completed transactions is settled: the hold of one
@@ -280,13 +283,19 @@ func Reconcile(ctx context.Context, in ReconcileInput) (Report, error) {
 			}
 		default:
 			rep.Unknown++
-			if e != nil {
+			if e == nil {
+				// Nothing for the operator to confirm or reject: a hold
+				// would block the submission for the window.
+				detail += "; no receipt kept: the submission is remembered with this identifier"
+				break
+			}
+			if e.State != delivery.SpoolUnconfirmed { // pecgw spool may be renaming it
 				if err := in.Receipts.Mark(id, delivery.SpoolUnconfirmed); err != nil {
 					return rep, fmt.Errorf("reconcile %s: %w", id, err)
 				}
-				detail += "; acceptance receipt kept unconfirmed"
-				rep.ReceiptsUnconfirmed++
 			}
+			detail += "; acceptance receipt kept unconfirmed"
+			rep.ReceiptsUnconfirmed++
 		}
 		if dk, fp, ok := splitDedupKey(b.DedupKey); ok && in.Store != nil {
 			// The transaction's hold (dedup.Store.Prepare), if it took
@@ -294,12 +303,15 @@ func Reconcile(ctx context.Context, in ReconcileInput) (Report, error) {
 			// dropped when not; kept (put back) when unknown, so that a
 			// retry waits for the operator on every instance.
 			var err error
-			switch f {
-			case fateOut:
+			switch {
+			case f == fateOut:
 				err = in.Store.Remember(ctx, dk, fp, b.PECID, window)
 				rep.Remembered++
-			case fateNotOut:
+			case f == fateNotOut:
 				err = in.Store.Abandon(ctx, dk, b.PECID)
+			case e == nil:
+				err = in.Store.Remember(ctx, dk, fp, b.PECID, window)
+				rep.Remembered++
 			default:
 				err = in.Store.Hold(ctx, dk, fp, b.PECID, window)
 			}
@@ -322,13 +334,13 @@ func Reconcile(ctx context.Context, in ReconcileInput) (Report, error) {
 	// lost in a crash), or of transactions whose receipt hand-off failed
 	// after the envelope went out.
 	if in.Receipts != nil {
-		states, ids, err := in.Receipts.List()
+		_, ids, err := in.Receipts.List()
 		if err != nil {
 			return rep, fmt.Errorf("reconcile: %w", err)
 		}
 		for _, id := range ids {
-			if resolved[id] || states[id] == delivery.SpoolUnconfirmed {
-				continue // unconfirmed: held below, for the operator
+			if resolved[id] {
+				continue
 			}
 			if err := ctx.Err(); err != nil {
 				return rep, err
@@ -345,18 +357,47 @@ func Reconcile(ctx context.Context, in ReconcileInput) (Report, error) {
 				return rep, fmt.Errorf("reconcile: %w", err)
 			}
 			switch e.State {
+			case delivery.SpoolUnconfirmed:
+				// Waiting for the operator, however old: its hold is put
+				// back (the embedded store forgets holds; Redis expires
+				// them with the window).
+				var rec logstore.Record
+				if err := json.Unmarshal(e.Record, &rec); err != nil {
+					return rep, fmt.Errorf("reconcile: spooled receipt %s: %w", id, err)
+				}
+				if dk, fp, ok := splitDedupKey(rec.DedupKey); ok && in.Store != nil {
+					if err := in.Store.Hold(ctx, dk, fp, id, window); errors.Is(err, dedup.ErrUnavailable) {
+						rep.DedupUnsettled++
+					} else if err != nil {
+						return rep, fmt.Errorf("reconcile %s: dedup: %w", id, err)
+					}
+				}
+				continue
 			case delivery.SpoolConfirmed:
-				if err := settleReceipt(ctx, in.Log, in.Mailboxes, in.Store, in.Receipts, e, howSettled(e, "by the reconciliation at "+ran), window); err != nil {
+				if st.receiptOut {
+					// Delivered and logged already; only the removal
+					// did not happen.
+					if err := in.Receipts.Remove(id); err != nil {
+						return rep, fmt.Errorf("reconcile %s: %w", id, err)
+					}
+					continue
+				}
+				if _, err := settleReceipt(ctx, in.Log, in.Mailboxes, in.Store, in.Receipts, e, howSettled(e, "by the reconciliation at "+ran), window); err != nil {
 					return rep, fmt.Errorf("reconcile %s: %w", id, err)
 				}
 				rep.Receipts++
 				continue
 			case delivery.SpoolRejected:
-				if err := rejectSpooled(ctx, in.Log, in.Store, in.Receipts, e, ran); err != nil {
+				recorded, err := rejectSpooled(ctx, in.Log, in.Store, in.Receipts, e, ran, st.rejected)
+				switch {
+				case errors.Is(err, dedup.ErrUnavailable) && recorded:
+					rep.DedupUnsettled++ // the entry stays; tried again next time
+				case err != nil:
 					return rep, fmt.Errorf("reconcile %s: %w", id, err)
+				case !st.rejected:
+					rep.ReceiptsDropped++
 				}
-				rep.ReceiptsDropped++
-				st.notOut = true // for the dedup step below
+				st.notOut, st.rejected = true, true // for the dedup step below
 				continue
 			}
 			f := fateUnknown
@@ -383,7 +424,7 @@ func Reconcile(ctx context.Context, in ReconcileInput) (Report, error) {
 			}
 			switch f {
 			case fateOut:
-				if err := settleReceipt(ctx, in.Log, in.Mailboxes, in.Store, in.Receipts, e, "by the reconciliation at "+ran, window); err != nil {
+				if _, err := settleReceipt(ctx, in.Log, in.Mailboxes, in.Store, in.Receipts, e, "by the reconciliation at "+ran, window); err != nil {
 					return rep, fmt.Errorf("reconcile %s: %w", id, err)
 				}
 				rep.Receipts++
@@ -456,6 +497,8 @@ type txState struct {
 	notOut bool
 	// unknown: an aborted record says the envelope's fate is unknown.
 	unknown bool
+	// rejected: the operator's rejection is logged.
+	rejected bool
 	// commitOwed: a record says the dedup commit failed.
 	commitOwed bool
 }
@@ -484,8 +527,9 @@ func (st *txState) add(r *logstore.Record) {
 		switch {
 		case strings.HasPrefix(r.Detail, abortReceiptNotDelivered):
 			st.receiptOwed = true
-		case strings.Contains(r.Detail, notHandedOff), strings.HasPrefix(r.Detail, reconciledNotFound),
-			strings.HasPrefix(r.Detail, operatorRejected):
+		case strings.HasPrefix(r.Detail, operatorRejected):
+			st.notOut, st.rejected = true, true
+		case strings.Contains(r.Detail, notHandedOff), strings.HasPrefix(r.Detail, reconciledNotFound):
 			st.notOut = true
 		case strings.HasPrefix(r.Detail, abortOutcomeUnknown), strings.HasPrefix(r.Detail, reconciledUnknown):
 			st.unknown = true
