@@ -25,13 +25,26 @@ import (
 // freeAddr returns a loopback address with a port nobody listens on.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	// The kernel may give a port just closed again: never hand out one
+	// address twice in this test binary (two listeners of one daemon, or
+	// two daemons, on one port fail to start).
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		if _, taken := handedOut.LoadOrStore(addr, true); !taken {
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no free loopback port")
+	return ""
 }
+
+// handedOut holds the addresses freeAddr returned.
+var handedOut sync.Map
 
 // TestServeAcceptsOverBothListeners runs what an operator runs: init,
 // user add, serve; submits as a mail client does over both listeners
