@@ -12,6 +12,7 @@ trap cleanup EXIT
 freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 sub=127.0.0.1:$(freeport)
 smtps=127.0.0.1:$(freeport)
+while [ "$smtps" = "$sub" ]; do smtps=127.0.0.1:$(freeport); done # the kernel may give the same port twice
 
 go build -o "$tmp/pecgw" ./cmd/pecgw
 "$tmp/pecgw" init --dir "$tmp/d" --domain pec.example.it --provider-name "CI PEC S.p.A." \
