@@ -577,3 +577,28 @@ func TestUnknownWithoutReceiptIsNotStuck(t *testing.T) {
 		t.Fatalf("retry: %+v, %v; want a duplicate of %s", o, err, b.PECID)
 	}
 }
+
+// TestCommitWithoutReceiptIsNotProof: without a spooled receipt, a commit
+// in the store does not show the receipt went out (a failed receipt
+// commits when no spool can keep it). Killed right after such a commit,
+// with a next hop that cannot be asked, the transaction is reconciled as
+// of unknown outcome, not as handed off.
+func TestCommitWithoutReceiptIsNotProof(t *testing.T) {
+	n := newNode(t)
+	c := &crashSwitch{}
+	a := *n.a
+	a.Receipts = nil
+	a.Outbound = &recordingTarget{}
+	a.Mailboxes = &recordingTarget{fail: errors.New("mailbox down")}
+	a.Log = crashLog{n.log, c}
+	a.Dedup = commitThenCrash{crashStore{n.store, c}}
+	if _, err := a.Process(context.Background(), retry()); err == nil {
+		t.Fatal("accepted without the receipt")
+	}
+	b := n.lastBusta(t)
+	rep := n.restart(t, &recordingTarget{})
+	if rep.Unknown != 1 || rep.Found != 0 {
+		t.Errorf("report %+v, want the outcome unknown", rep)
+	}
+	checkReconciled(t, n.records(t, b.PECID), b, logstore.EventAborted, reconciledUnknown)
+}

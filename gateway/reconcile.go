@@ -197,8 +197,11 @@ func Reconcile(ctx context.Context, in ReconcileInput) (Report, error) {
 			}
 		}
 		switch {
-		case trace == dedup.TraceCommitted:
-			// Committed only once envelope and receipt were out.
+		case trace == dedup.TraceCommitted && e != nil:
+			// With its receipt still spooled, a transaction commits only
+			// once envelope and receipt are out (a commit without an
+			// entry may be a receipt failure's or an unknown outcome's,
+			// when no receipt could be kept).
 			return fateOut, reconciledCommitted, true, nil
 		case finder != nil:
 			envID := b.PECID
