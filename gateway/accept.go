@@ -418,8 +418,7 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 		// receipt is out. The client's retry here, the periodic
 		// redelivery or the next start delivers it (receipts.go).
 		what := abortReceiptNotDelivered
-		switch {
-		case spooled:
+		if spooled {
 			if merr := a.Receipts.Mark(tx.ID, delivery.SpoolOut); merr != nil {
 				err = errors.Join(err, merr)
 			} else {
