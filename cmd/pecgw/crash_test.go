@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -239,15 +238,7 @@ func crashUnderLoad(t *testing.T, store string) {
 	if code, out, errOut := runBin(t, "", "check-config", "--config", cfg); code != 0 {
 		t.Fatalf("pecgw check-config after the bcrypt hash: exit %d\n%s%s", code, out, errOut)
 	}
-	caPEM, err := os.ReadFile(caFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(caPEM) {
-		t.Fatal("no certificate in ca.pem")
-	}
-	tc := &tls.Config{RootCAs: roots, ServerName: "127.0.0.1"}
+	tc := clientTLS(t, caFile)
 
 	srv := &crashServer{bin: bin, cfg: cfg, addrs: []string{sub, smtps}, out: &lockedBuffer{}}
 	t.Cleanup(func() {

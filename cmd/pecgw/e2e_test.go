@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -328,15 +327,7 @@ func TestEndToEndBinary(t *testing.T) {
 		}
 	}
 
-	caPEM, err := os.ReadFile(caFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(caPEM) {
-		t.Fatal("no certificate in ca.pem")
-	}
-	tc := &tls.Config{RootCAs: roots, ServerName: "127.0.0.1"}
+	tc := clientTLS(t, caFile)
 	dialers := map[string]func() (*smtp.Client, error){
 		"starttls": func() (*smtp.Client, error) { return smtp.DialStartTLS(sub, tc) },
 		"smtps":    func() (*smtp.Client, error) { return smtp.DialTLS(smtps, tc) },
@@ -394,7 +385,7 @@ func TestEndToEndBinary(t *testing.T) {
 	}
 	envelopes := map[string]*pecFile{}
 	for _, p := range outbound {
-		f := readPEC(t, p, caFile, roots, openssl, xmllint, dtd)
+		f := readPEC(t, p, caFile, tc.RootCAs, openssl, xmllint, dtd)
 		id := strings.TrimSuffix(strings.TrimPrefix(f.hdr.Get("Message-ID"), "<"), ">")
 		clientID, ok := ids[id]
 		if !ok {
@@ -445,7 +436,7 @@ func TestEndToEndBinary(t *testing.T) {
 	}
 	receipts := map[string]*pecFile{}
 	for _, p := range box {
-		f := readPEC(t, p, caFile, roots, openssl, xmllint, dtd)
+		f := readPEC(t, p, caFile, tc.RootCAs, openssl, xmllint, dtd)
 		id := f.dc.Identificativo
 		clientID, ok := ids[id]
 		if !ok {
@@ -582,7 +573,7 @@ func TestEndToEndBinary(t *testing.T) {
 			t.Fatal(err)
 		}
 		if bytes.Contains(raw, []byte("\r\nX-Ricevuta: non-accettazione\r\n")) {
-			notices = append(notices, readPEC(t, p, caFile, roots, openssl, xmllint, dtd))
+			notices = append(notices, readPEC(t, p, caFile, tc.RootCAs, openssl, xmllint, dtd))
 		}
 	}
 	if len(box) != 3 || len(notices) != 1 {

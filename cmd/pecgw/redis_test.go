@@ -2,7 +2,6 @@ package main
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -44,13 +43,7 @@ func TestTwoBinariesShareRedis(t *testing.T) {
 	for i := range inst {
 		dir, cfg, caFile, sub, smtps := setUpBinary(t, domain, fmt.Sprintf("Istanza %d S.p.A.", i), user, pwd)
 		setConfig(t, cfg, "[dedup]", map[string]string{"store": `"redis"`, "redis_addrs": `["` + r.Addr + `"]`})
-		caPEM, err := os.ReadFile(caFile)
-		if err != nil {
-			t.Fatal(err)
-		}
-		roots := x509.NewCertPool()
-		roots.AppendCertsFromPEM(caPEM)
-		in := &instance{dir: dir, addr: sub, tc: &tls.Config{RootCAs: roots, ServerName: "127.0.0.1"},
+		in := &instance{dir: dir, addr: sub, tc: clientTLS(t, caFile),
 			srv: &crashServer{bin: bin, cfg: cfg, addrs: []string{sub, smtps}, out: &lockedBuffer{}}}
 		t.Cleanup(func() {
 			in.srv.kill()

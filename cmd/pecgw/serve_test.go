@@ -43,6 +43,21 @@ func freeAddr(t *testing.T) string {
 	return ""
 }
 
+// clientTLS is a client's TLS configuration trusting only the CA in
+// caFile (the development PKI of pecgw init), for loopback listeners.
+func clientTLS(t *testing.T, caFile string) *tls.Config {
+	t.Helper()
+	caPEM, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(caPEM) {
+		t.Fatalf("no certificate in %s", caFile)
+	}
+	return &tls.Config{RootCAs: roots, ServerName: "127.0.0.1"}
+}
+
 // handedOut holds the addresses freeAddr returned.
 var handedOut sync.Map
 
@@ -78,13 +93,7 @@ func TestServeAcceptsOverBothListeners(t *testing.T) {
 		}
 	}()
 
-	caPEM, err := os.ReadFile(filepath.Join(dir, "pki", "ca.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(caPEM)
-	tc := &tls.Config{RootCAs: roots, ServerName: "127.0.0.1"}
+	tc := clientTLS(t, filepath.Join(dir, "pki", "ca.pem"))
 	msg := func(id string) string {
 		return "Date: Mon, 23 Nov 2026 10:00:00 +0100\r\nFrom: mario@pec.example.it\r\nTo: anna@pec.altro.it\r\n" +
 			"Subject: prova\r\nMessage-ID: <" + id + "@client>\r\n\r\nciao\r\n"
