@@ -1,6 +1,6 @@
 // Package dedup remembers which PEC submissions have been accepted, so that a
 // client retrying the same submission gets the original PEC identifier
-// instead of a second transport envelope (invariant 3 of ARCHITECTURE.md).
+// instead of a second transport envelope (invariant 3 of docs/architecture.md).
 //
 // The store is behind one interface, Store, with two implementations: Redis
 // (shared by several gateway instances) and Embedded (one machine, a
@@ -135,7 +135,7 @@ var ErrUnavailable = errors.New("dedup: store unavailable")
 //     the hand-off is known only to the transaction, or after a crash to the
 //     reconciliation of its own transaction log (Remember or Abandon). A
 //     hold lasts the dedup window: a retry meanwhile gets InFlight, never a
-//     second envelope (invariant 3 of ARCHITECTURE.md).
+//     second envelope (invariant 3 of docs/architecture.md).
 type Store interface {
 	// Claim atomically looks the key up. A committed entry with the same
 	// fingerprint gives Duplicate and its PEC identifier. Else a live lease

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pecgw/pecgw/internal/durable"
 	"github.com/pecgw/pecgw/internal/safeio"
 )
 
@@ -123,7 +124,7 @@ func (e *Embedded) open(path string) error {
 		return fmt.Errorf("dedup: open journal: %w", err)
 	}
 	if !existed {
-		if err := safeio.SyncDir(filepath.Dir(path)); err != nil {
+		if err := safeio.SyncDirAt(durable.DedupJournalDir, filepath.Dir(path)); err != nil {
 			f.Close()
 			return fmt.Errorf("dedup: %w", err)
 		}
@@ -273,7 +274,7 @@ func (e *Embedded) appendJournal(line []byte) error {
 		}
 		return fmt.Errorf("%w: write journal: %w", ErrUnavailable, err)
 	}
-	if err := e.journal.Sync(); err != nil {
+	if err := durable.Sync(durable.DedupJournal, e.journal); err != nil {
 		e.broken = err
 		return fmt.Errorf("%w: fsync journal: %w", ErrUnavailable, err)
 	}

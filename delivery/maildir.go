@@ -14,6 +14,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/pecgw/pecgw/internal/durable"
 	"github.com/pecgw/pecgw/internal/safeio"
 )
 
@@ -44,7 +45,7 @@ type Maildir struct {
 // folders root/tmp, root/new and root/cur are created, durably, at the
 // first delivery, so that a missing folder is reported by Deliver.
 func NewMaildir(root string) *Maildir {
-	return &Maildir{root: root, names: newNamer()}
+	return &Maildir{root: root, names: newNamer(), w: safeio.Writer{Point: durable.Maildir}}
 }
 
 // Deliver writes m into new/. It returns nil only after the file is
@@ -140,7 +141,7 @@ type Local struct {
 // NewLocal returns the embedded delivery layout under dataDir. Folders are
 // created at the first delivery into them.
 func NewLocal(dataDir string) *Local {
-	return &Local{dataDir: dataDir, names: newNamer()}
+	return &Local{dataDir: dataDir, names: newNamer(), w: safeio.Writer{Point: durable.Maildir}}
 }
 
 // Outbound returns the Target for transport envelopes: one file per

@@ -12,8 +12,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 
+	"github.com/pecgw/pecgw/internal/durable"
 	"github.com/pecgw/pecgw/internal/safeio"
 )
 
@@ -23,30 +23,31 @@ import (
 // loses the receipt for good: it cannot be signed again, since a new
 // signature would carry another signing time than the transaction's (DM 2
 // novembre 2005 art. 9), and the client's retry would be answered 250
-// while the sender never got it (ARCHITECTURE.md invariant 1).
+// while the sender never got it (invariant 1 of docs/architecture.md).
 //
-// One file per transaction, named by its PEC identifier:
+// One file per transaction, named by its PEC identifier and a mark (the
+// suffix). The transaction's state is its log's (the gateway's
+// transaction table, docs/architecture.md); the marks are that state's
+// durable form here, written before its record (evidence for a crash in
+// between), and the operator's decision on an unknown outcome:
 //
-//	<id>.receipt   written before the envelope hand-off: whether the
-//	               envelope went out is for the log and outbound/ to say
-//	<id>.out       the envelope is known to be out: deliver the receipt
+//	<id>.receipt      pending: written before the envelope hand-off
+//	<id>.out          the envelope is out, the receipt's hand-off failed
 //	<id>.unconfirmed  the envelope's fate is unknown (a next hop that did not
-//	               answer, or a crash with one): kept for the operator,
-//	               never delivered by pecgw on its own
-//	<id>.confirmed the operator confirmed the next hop has the envelope
-//	               (pecgw spool confirm): delivered by pecgw serve
-//	<id>.rejected  the operator found it did not (pecgw spool reject):
-//	               dropped by pecgw serve, the submission freed
+//	                  answer): kept for the operator, never delivered by
+//	                  pecgw on its own
+//	<id>.confirmed    the operator confirmed the next hop has the envelope
+//	                  (pecgw spool confirm): delivered by pecgw serve
+//	<id>.rejected     the operator found it does not (pecgw spool reject):
+//	                  dropped by pecgw serve, the submission freed
 //
 // Each file is one JSON line (the entry's metadata) followed by the
 // receipt's bytes. Files are written with safeio (fsync, rename, folder
-// fsync). A transaction running in this process marks its entry active,
-// so that a redelivery never races the transaction's own hand-off.
+// fsync). The Spool holds no state in memory: the gateway's Transactions
+// know who is working on an entry.
 type Spool struct {
-	dir      string
-	mu       sync.Mutex
-	active   map[string]bool
-	recorded map[string]bool
+	dir string
+	w   safeio.Writer
 }
 
 // SpoolEntry is one spooled receipt.
@@ -89,7 +90,7 @@ func OpenSpool(dir string) (*Spool, error) {
 	if err := safeio.MkdirAllSync(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("delivery: spool: %w", err)
 	}
-	return &Spool{dir: dir, active: map[string]bool{}, recorded: map[string]bool{}}, nil
+	return &Spool{dir: dir, w: safeio.Writer{Point: durable.SpoolPut}}, nil
 }
 
 // Dir is the spool's folder.
@@ -141,7 +142,7 @@ func (s *Spool) path(id string, st SpoolState) (string, error) {
 	return filepath.Join(s.dir, name+"."+string(st)), nil
 }
 
-// Put writes e durably as a pending entry and marks it active until Done.
+// Put writes e durably as a pending entry.
 func (s *Spool) Put(e *SpoolEntry) error {
 	path, err := s.path(e.ID, SpoolPending)
 	if err != nil {
@@ -153,58 +154,10 @@ func (s *Spool) Put(e *SpoolEntry) error {
 	}
 	data := make([]byte, 0, len(head)+1+len(e.Data))
 	data = append(append(append(data, head...), '\n'), e.Data...)
-	s.mu.Lock()
-	s.active[e.ID] = true
-	s.mu.Unlock()
-	if err := safeio.WriteFile(path, data, 0o600); err != nil {
-		s.Done(e.ID)
+	if err := s.w.WriteFile(path, data, 0o600); err != nil {
 		return fmt.Errorf("delivery: spool: %w", err)
 	}
 	return nil
-}
-
-// Done ends the active mark of a transaction's entry (the entry itself
-// stays until Remove).
-func (s *Spool) Done(id string) {
-	s.mu.Lock()
-	delete(s.active, id)
-	s.mu.Unlock()
-}
-
-// Claim marks the entry of id active for a redelivery; false when a
-// transaction or another redelivery has it.
-func (s *Spool) Claim(id string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.active[id] {
-		return false
-	}
-	s.active[id] = true
-	return true
-}
-
-// SetRecorded notes that the outcome of the entry of id (a late delivery,
-// a rejection) is in the log, so that a removal that failed is retried
-// without logging it twice. In memory: after a restart, the
-// reconciliation reads it from the log.
-func (s *Spool) SetRecorded(id string) {
-	s.mu.Lock()
-	s.recorded[id] = true
-	s.mu.Unlock()
-}
-
-// Recorded reports whether SetRecorded was called for id.
-func (s *Spool) Recorded(id string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.recorded[id]
-}
-
-// Active reports whether a transaction or a redelivery has the entry.
-func (s *Spool) Active(id string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.active[id]
 }
 
 // Mark moves the entry of id to state st (SpoolOut, SpoolUnconfirmed),
@@ -225,7 +178,7 @@ func (s *Spool) Mark(id string, st SpoolState) error {
 	if err := os.Rename(from, to); err != nil {
 		return fmt.Errorf("delivery: spool: %w", err)
 	}
-	if err := safeio.SyncDir(s.dir); err != nil {
+	if err := safeio.SyncDirAt(durable.SpoolMark, s.dir); err != nil {
 		return fmt.Errorf("delivery: spool: %w", err)
 	}
 	return nil
@@ -278,9 +231,11 @@ func (s *Spool) read(path string, st SpoolState) (*SpoolEntry, error) {
 	return e, nil
 }
 
-// Remove deletes the entry of id, whatever its state; none is no error.
+// Remove deletes the entry of id, whatever its mark; none is no error.
 // The folder is not fsync'd: an entry that comes back after a crash is
-// found again by the reconciliation, which checks before delivering.
+// found again by the reconciliation, which drops it when the log says its
+// transaction is over, and finds its receipt already delivered when not
+// (MailboxFinder).
 func (s *Spool) Remove(id string) error {
 	for _, st := range spoolStates {
 		path, err := s.path(id, st)
@@ -291,9 +246,6 @@ func (s *Spool) Remove(id string) error {
 			return fmt.Errorf("delivery: spool: %w", err)
 		}
 	}
-	s.mu.Lock()
-	delete(s.recorded, id)
-	s.mu.Unlock()
 	return nil
 }
 

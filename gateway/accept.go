@@ -27,9 +27,10 @@ type TransactionLog interface {
 }
 
 // Acceptor runs the acceptance transaction of the access point (RFC 6109
-// §3.1; ../shared/ARCHITECTURE.md): inspect, one time reference and PEC
-// identifier, build, sign, log (write-ahead), hand off. It holds no
-// connection state; the SMTP session calls Process once per DATA.
+// §3.1; docs/architecture.md): inspect, one time reference and PEC
+// identifier, build, sign, log (write-ahead), hand off, each step a row
+// of the transaction table (txtable.go). It holds no connection state;
+// the SMTP session calls Process once per DATA.
 type Acceptor struct {
 	Provider  pec.Provider
 	Directory pec.Directory
@@ -43,7 +44,7 @@ type Acceptor struct {
 	Rand                io.Reader        // randomness of the PEC identifiers (crypto/rand.Reader)
 
 	// Dedup answers a client's retry of an accepted submission with the
-	// original PEC identifier (ARCHITECTURE.md invariant 3); nil: none.
+	// original PEC identifier (invariant 3 of docs/architecture.md); nil: none.
 	Dedup dedup.Store
 	// DedupWindow is how long an accepted submission is remembered
 	// (default 7 days); DedupLease how long a claim lasts unless renewed
@@ -58,8 +59,12 @@ type Acceptor struct {
 	// Receipts keeps each acceptance receipt durably from just before the
 	// envelope hand-off until its own (receipts.go): a receipt that a
 	// crash or a failed hand-off kept from the sender is delivered later,
-	// never lost. nil: none (a receipt lost so is only proved by the log).
+	// never lost. Required.
 	Receipts ReceiptSpool
+	// Transactions are those this process drives or still owes
+	// something (NewTransactions). Required; copies of an Acceptor share
+	// them.
+	Transactions *Transactions
 
 	// DedupFailOpen proceeds without deduplication when the store is
 	// unavailable (config dedup.on_error = "accept"); otherwise the client
@@ -115,10 +120,13 @@ type Outcome struct {
 
 // Process runs one acceptance transaction. A nil error comes with an
 // Outcome whose messages have been handed off durably and logged
-// (invariants 1, 2 and 4 of ARCHITECTURE.md): accepted → 250, refused →
+// (invariants 1, 2 and 4 of docs/architecture.md): accepted → 250, refused →
 // 5xx. An error means a temporary internal failure: the client is told
 // 4xx and retries; what was logged says how far the transaction got.
 func (a *Acceptor) Process(ctx context.Context, s *Submission) (*Outcome, error) {
+	if a.Receipts == nil || a.Transactions == nil {
+		return nil, errors.New("gateway: the Acceptor has no receipt spool or no Transactions")
+	}
 	sub, violations := pec.Inspect(s.Raw, s.Envelope, a.Limits)
 	// DM 2 novembre 2005 art. 9: one time reference for the whole
 	// transaction, taken once, used in every artefact and log record.
@@ -158,8 +166,7 @@ func (a *Acceptor) Process(ctx context.Context, s *Submission) (*Outcome, error)
 		// and whose receipt is owed: the retry delivers it, then gets
 		// the original identifier.
 		if c.PECID != "" {
-			k := d.key.ID() + " " + d.key.Fingerprint()
-			ok, err := a.settleOwed(ctx, c.PECID, k, "on the client's retry at "+at.Time().Format(time.RFC3339))
+			ok, err := a.settleOwed(ctx, c.PECID, d.key, "on the client's retry at "+at.Time().Format(time.RFC3339))
 			if err != nil {
 				return nil, err
 			}
@@ -187,21 +194,16 @@ type dedupTx struct {
 }
 
 // commitKey records the submission as certified with pecID: Commit of the
-// claim, or Remember when there was no claim. A failure unavailable is
-// retried in the background; the caller marks it in its record so that
-// Reconcile redoes it at the next start.
-func (a *Acceptor) commitKey(ctx context.Context, d *dedupTx, pecID string, window time.Duration) error {
-	op := func(ctx context.Context) error {
-		if d.unclaimed {
-			return a.Dedup.Remember(ctx, d.key.ID(), d.key.Fingerprint(), pecID, window)
-		}
-		return a.Dedup.Commit(ctx, d.key, d.token, pecID, window)
+// claim, or Remember when there was no claim (on_error = accept). A
+// failure is the commit-failed event: the table retries it in the
+// background (commit later), and the record of state commit-owed has it
+// made at the next start whatever becomes of this process.
+func (a *Acceptor) commitKey(ctx context.Context, d *dedupTx, pecID string) error {
+	ctx = context.WithoutCancel(ctx)
+	if d.unclaimed {
+		return a.Dedup.Remember(ctx, d.key.ID(), d.key.Fingerprint(), pecID, a.window())
 	}
-	err := op(context.WithoutCancel(ctx))
-	if errors.Is(err, dedup.ErrUnavailable) {
-		go a.retryLater(func() error { return op(context.Background()) })
-	}
-	return err
+	return a.Dedup.Commit(ctx, d.key, d.token, pecID, a.window())
 }
 
 // keepLease renews d's lease every third of its duration until stop is
@@ -274,40 +276,54 @@ func (a *Acceptor) duplicate(ctx context.Context, s *Submission, tx pec.Transact
 	return &Outcome{Accepted: true, Duplicate: true, ID: original, At: tx.At}, nil
 }
 
-func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction, d *dedupTx) (o *Outcome, err error) {
-	// The dedup claim (ARCHITECTURE.md invariant 3): a lease renewed
-	// while building and logging; a hold naming tx.ID from just before
-	// the envelope hand-off; committed once the envelope AND the receipt
-	// are out, so that a retry is answered 250 only then (invariant 1),
-	// on any instance. A failure before the envelope is out releases it
-	// (before the abort is logged) so the retry proceeds as new; a
-	// failure after keeps the hold until the receipt is delivered late
-	// (receipts.go). A crash leaves the hold to Reconcile.
-	envelopeOut, dedupSkipped := false, false
-	stopRenewal, release := func() {}, func() {}
+// work is the session's acceptance transaction: its row in the table
+// (txn) and what only the session has, the signed messages.
+type work struct {
+	t                 *txn
+	at                pec.Instant
+	envelope, receipt *delivery.Message
+	spool             chan error // the receipt's spool write, running alongside the write-ahead records
+	dedupSkipped      bool       // reported to the operator (Outcome.DedupSkipped), not to the client
+}
+
+// accept runs the acceptance through the transaction table
+// (docs/architecture.md): written ahead (the busta-trasporto and
+// accettazione records, and the receipt spooled), the lease turned into
+// a hold, the envelope handed off, then the receipt, then the dedup
+// commit and the record of the hand-off. The claim (invariant 3) is a
+// lease renewed while building and logging, a hold
+// naming the transaction from just before the envelope hand-off, and a
+// commit once envelope AND receipt are out, so that a retry is answered
+// 250 only then (invariant 1), on any instance.
+func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction, d *dedupTx) (*Outcome, error) {
+	w, err := a.build(s, tx, d)
+	if err != nil {
+		return nil, err
+	}
+	a.Transactions.begin(w.t)
+	defer a.Transactions.end(w.t)
+	stopRenewal := func() {}
 	if d != nil && !d.unclaimed {
 		stopRenewal = a.keepLease(ctx, d)
-		released := false
-		release = func() {
-			if released {
-				return
-			}
-			released = true
-			err := a.Dedup.Release(context.WithoutCancel(ctx), d.key, d.token)
-			if errors.Is(err, dedup.ErrUnavailable) {
-				go a.retryLater(func() error { return a.Dedup.Release(context.Background(), d.key, d.token) })
-			}
-		}
-		defer func() {
-			stopRenewal()
-			if !envelopeOut {
-				release()
-			}
-			if dedupSkipped && o != nil {
-				o.DedupSkipped = true // reported to the operator, not to the client
-			}
-		}()
 	}
+	defer func() { stopRenewal() }()
+	if err := a.writeAhead(ctx, w); err != nil {
+		return nil, err
+	}
+	stopRenewal()
+	if err := a.prepare(ctx, w); err != nil {
+		return nil, err
+	}
+	if err := a.handOffEnvelope(ctx, w); err != nil {
+		return nil, err
+	}
+	return a.handOffReceipt(ctx, w)
+}
+
+// build builds and signs the transport envelope and the acceptance
+// receipt, and the busta-trasporto record that every record of the
+// transaction copies.
+func (a *Acceptor) build(s *Submission, tx pec.Transaction, d *dedupTx) (*work, error) {
 	envelope, envData, err := a.buildSigned(tx, pec.BuildEnvelope)
 	if err != nil {
 		return nil, err
@@ -316,244 +332,167 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 	if err != nil {
 		return nil, err
 	}
-	base := a.record(s, tx)
+	rec := a.record(s, tx)
 	if d != nil && d.reused {
-		base.Detail = "the client's Message-ID was accepted before with other content: certified as a new message"
+		rec.Detail = "the client's Message-ID was accepted before with other content: certified as a new message"
 	}
-	base.SHA256 = sum(envData)
-	base.Generated = &logstore.Generated{Envelope: envelope.MessageID, Receipt: receipt.MessageID}
+	rec.Type = logstore.EventBustaTrasporto
+	rec.SHA256 = sum(envData)
+	rec.Generated = &logstore.Generated{Envelope: envelope.MessageID, Receipt: receipt.MessageID}
+	t := &txn{id: tx.ID, rec: rec, key: rec.Dedup, claim: d, holdLess: d != nil && d.unclaimed}
+	return &work{t: t, at: tx.At, envelope: deliveryMessage(envelope, envData), receipt: deliveryMessage(receipt, receiptData)}, nil
+}
 
-	// The receipt is kept until it is handed off (receipts.go); the spool
-	// file is written while the log writes its records, and both are
-	// durable before the envelope goes. A failure before the envelope is
-	// out removes it before the abort is logged: an entry never outlives
-	// a record saying its envelope stayed here.
-	receiptMsg := deliveryMessage(receipt, receiptData)
-	var spoolErr chan error
-	spooled := false
-	waitSpool := func() error {
-		if spoolErr == nil {
-			return nil
-		}
-		err := <-spoolErr
-		spoolErr = nil
-		spooled = err == nil
+// writeAhead spools the receipt while the log writes the busta-trasporto
+// and accettazione records: invariant 2, nothing is handed off without a
+// durable record that describes it, and the receipt is kept until it is
+// handed off (receipts.go). When the records cannot be written the
+// receipt and the claim are given back.
+func (a *Acceptor) writeAhead(ctx context.Context, w *work) error {
+	e, err := spoolEntry(&w.t.rec, w.receipt)
+	if err != nil {
+		return fmt.Errorf("spool the acceptance receipt: %w", err)
+	}
+	w.spool = make(chan error, 1)
+	go func() { w.spool <- a.Receipts.Put(e) }()
+	if _, err := a.apply(ctx, w.t, logstore.CauseWritten); err != nil {
+		<-w.spool
+		warn, _ := a.apply(ctx, w.t, logstore.CauseLogFailed)
+		return errors.Join(fmt.Errorf("log the transport envelope: %w", err), warn)
+	}
+	return nil
+}
+
+// prepare waits for the spooled receipt, then turns the lease into a
+// hold naming the transaction (dedup.Store.Prepare): from here the
+// outcome of the hand-off must survive this process, and a crash leaves
+// the hold for Reconcile (invariant 3). Taken after the write-ahead
+// records, so that every hold has a record that resolves it.
+func (a *Acceptor) prepare(ctx context.Context, w *work) error {
+	if err := <-w.spool; err != nil {
+		return a.fail(ctx, w, logstore.CauseNotPrepared, "acceptance receipt not spooled", err)
+	}
+	d := w.t.claim
+	if d == nil || d.unclaimed {
+		w.dedupSkipped = d != nil
+		return nil
+	}
+	err := a.Dedup.Prepare(context.WithoutCancel(ctx), d.key, d.token, w.t.id, a.window())
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, dedup.ErrUnavailable) && a.DedupFailOpen:
+		// on_error = accept: certified without the hold (one is taken if
+		// the hand-off leaves the transaction waiting).
+		w.t.holdLess, w.dedupSkipped = true, true
+		return nil
+	}
+	return a.fail(ctx, w, logstore.CauseNotPrepared, "dedup hold not taken", err)
+}
+
+// handOffEnvelope hands the envelope off first: a receipt must never
+// certify a message that was not sent; a sent message whose receipt is
+// lost is proved by the log (RFC 6109 §2.3). A next hop that took the
+// envelope and did not answer the end of DATA (RFC 1047) may have it:
+// the receipt then waits unconfirmed for the operator and the hold stays,
+// so a retry gets 451 on every instance (never a second envelope, never
+// a 250 without a receipt); pecgw never sends that receipt on its own.
+func (a *Acceptor) handOffEnvelope(ctx context.Context, w *work) error {
+	err := a.Outbound.Deliver(ctx, w.envelope)
+	switch {
+	case err == nil:
+		_, err := a.apply(ctx, w.t, logstore.CauseEnvelopeDelivered)
 		return err
+	case errors.Is(err, delivery.ErrOutcomeUnknown):
+		return a.fail(ctx, w, logstore.CauseEnvelopeUnknown, "", err)
 	}
-	unspool := func() {
-		if waitSpool() == nil && spooled {
-			_ = a.Receipts.Remove(tx.ID)
-			spooled = false
-		}
-	}
-	// notOut undoes what a transaction whose envelope stays here holds,
-	// before its abort is logged.
-	notOut := func() { unspool(); release() }
-	if a.Receipts != nil {
-		done := base
-		done.Type = logstore.EventHandedOff
-		e, err := spoolEntry(&done, receiptMsg)
-		if err != nil {
-			return nil, fmt.Errorf("spool the acceptance receipt: %w", err)
-		}
-		spoolErr = make(chan error, 1)
-		go func() { spoolErr <- a.Receipts.Put(e) }()
-		defer func() {
-			if !envelopeOut {
-				unspool()
-			}
-			a.Receipts.Done(tx.ID)
-		}()
-	}
+	return a.fail(ctx, w, logstore.CauseEnvelopeFailed, "", err)
+}
 
-	// Invariant 2: nothing is handed off without a durable record that
-	// describes it. Both records are written before either hand-off.
-	busta := base
-	busta.Type = logstore.EventBustaTrasporto
-	if _, _, err := a.Log.Append(ctx, &busta); err != nil {
-		notOut()
-		return nil, fmt.Errorf("log the transport envelope: %w", err)
+// handOffReceipt hands the receipt off, then commits the submission
+// before the record of the hand-off (a crash after the record must not
+// leave a retry free to certify again). A failed receipt keeps the hold:
+// a retry gets 451 on any instance until the receipt, kept in the spool,
+// is delivered late (receipts.go).
+func (a *Acceptor) handOffReceipt(ctx context.Context, w *work) (*Outcome, error) {
+	if err := a.Mailboxes.Deliver(ctx, w.receipt); err != nil {
+		return nil, a.fail(ctx, w, logstore.CauseReceiptFailed, "", err)
 	}
-	acc := base
-	acc.Type = logstore.EventAccettazione
-	if _, _, err := a.Log.Append(ctx, &acc); err != nil {
-		notOut()
-		return nil, fmt.Errorf("log the acceptance: %w", err)
-	}
-	if err := waitSpool(); err != nil {
-		notOut()
-		return nil, a.abort(s, tx, "acceptance receipt not spooled, "+notHandedOff, err)
-	}
-	// From here the outcome of the hand-off must survive this process:
-	// the lease becomes a hold naming this transaction, which a crash
-	// leaves for Reconcile (invariant 3). Taken after the write-ahead
-	// records, so that every hold has a record that resolves it.
-	window := durationOr(a.DedupWindow, 7*24*time.Hour)
-	if d != nil && d.unclaimed {
-		dedupSkipped = true
-	} else if d != nil {
-		stopRenewal()
-		if err := a.Dedup.Prepare(context.WithoutCancel(ctx), d.key, d.token, tx.ID, window); err != nil {
-			if !errors.Is(err, dedup.ErrUnavailable) || !a.DedupFailOpen {
-				notOut()
-				return nil, a.abort(s, tx, "dedup hold not taken, "+notHandedOff, err)
-			}
-			dedupSkipped = true // on_error = accept: certified without the hold
+	on := logstore.CauseReceiptDelivered
+	if w.t.claim != nil {
+		if err := a.commitKey(ctx, w.t.claim, w.t.id); err != nil {
+			on, w.t.err, w.dedupSkipped = logstore.CauseCommitFailed, err, true
 		}
 	}
-	// The envelope goes first: a receipt must never certify a message
-	// that was not sent; a sent message whose receipt is lost is proved
-	// by the log (RFC 6109 §2.3).
-	if err := a.Outbound.Deliver(ctx, deliveryMessage(envelope, envData)); err != nil {
-		if errors.Is(err, delivery.ErrOutcomeUnknown) {
-			envelopeOut = true // may be: nothing is released
-			return nil, a.outcomeUnknown(ctx, s, tx, d, spooled, dedupSkipped, window, err)
-		}
-		notOut()
-		return nil, a.abort(s, tx, notHandedOff, err)
-	}
-	envelopeOut = true
-	if err := a.Mailboxes.Deliver(ctx, receiptMsg); err != nil {
-		// The hold stays: a retry gets 451 on any instance until the
-		// receipt is out. The client's retry here, the periodic
-		// redelivery or the next start delivers it (receipts.go).
-		what := abortReceiptNotDelivered
-		if spooled {
-			if merr := a.Receipts.Mark(tx.ID, delivery.SpoolOut); merr != nil {
-				err = errors.Join(err, merr)
-			} else {
-				what += " (kept for a later delivery)"
-			}
-		}
-		switch {
-		case d == nil:
-		case !spooled:
-			// No spool: the receipt cannot be delivered later, and a
-			// hold kept for it would answer every retry 451 until the
-			// window ends. The retry gets the identifier; the log proves
-			// the acceptance (RFC 6109 §2.3).
-			if cerr := a.commitKey(ctx, d, tx.ID, window); cerr != nil {
-				err = errors.Join(err, cerr)
-				what += "; " + dedupCommitFailed // Reconcile remembers it
-			}
-		case dedupSkipped:
-			// No hold was taken (on_error = accept): take one now, so
-			// that the retry waits for the receipt as it does above.
-			if herr := a.holdKey(ctx, d, tx.ID, window); herr != nil {
-				err = errors.Join(err, herr)
-			}
-		}
-		return nil, a.abort(s, tx, what, err)
-	}
-	done := base
-	done.Type = logstore.EventHandedOff
-	// Committed before the completion record: a crash after the record
-	// must not leave a retry free to certify again.
-	if d != nil {
-		if err := a.commitKey(ctx, d, tx.ID, window); err != nil {
-			dedupSkipped = true
-			// Reconcile remembers the transactions so marked, in case the
-			// background retry does not outlive this process.
-			done.Detail = joinDetail(done.Detail, dedupCommitFailed+": "+err.Error())
-		}
-	}
-	if _, _, err := a.Log.Append(ctx, &done); err != nil {
-		// Both messages are out and both are logged as emitted: the
-		// completion record is what reconciliation looks for.
+	if _, err := a.apply(ctx, w.t, on); err != nil {
+		// Both messages are out and logged as emitted: the record of the
+		// hand-off is what the reconciliation looks for.
 		return nil, fmt.Errorf("log the hand-off: %w", err)
 	}
-	unspool()
-	return &Outcome{Accepted: true, ID: tx.ID, At: tx.At}, nil
+	return &Outcome{Accepted: true, ID: w.t.id, At: w.at, DedupSkipped: w.dedupSkipped}, nil
 }
 
-// outcomeUnknown ends a transaction whose next hop did not answer the end
-// of DATA: the envelope may be out, and only the next hop can say. The
-// receipt is kept unconfirmed in the spool and the dedup hold stays (put
-// back at every start by Reconcile), so the client's retry gets 451 on
-// every instance: never a second envelope (invariant 3), never a 250
-// without a receipt (invariant 1). The operator asks the next hop and
-// runs pecgw spool confirm (the receipt is delivered, the retry gets this
-// identifier) or reject (the submission is freed and certified anew on
-// retry). pecgw never sends such a receipt on its own: it would certify a
-// message it cannot show was sent.
-func (a *Acceptor) outcomeUnknown(ctx context.Context, s *Submission, tx pec.Transaction, d *dedupTx, spooled, dedupSkipped bool, window time.Duration, err error) error {
-	what := abortOutcomeUnknown
-	kept := false
-	if spooled {
-		if merr := a.Receipts.Mark(tx.ID, delivery.SpoolUnconfirmed); merr != nil {
-			// A pending entry could later be taken for a receipt owed:
-			// without its mark it goes.
-			err = errors.Join(err, merr, a.Receipts.Remove(tx.ID))
-			what += "; acceptance receipt could not be kept"
-		} else {
-			kept = true
-			what += "; acceptance receipt kept unconfirmed (pecgw spool confirm or reject)"
-		}
+// fail moves the transaction by the failure on, caused by cause (what,
+// when not "", says where), and returns the error of the temporary reply:
+// what happened and why, with any record or action that failed too.
+func (a *Acceptor) fail(ctx context.Context, w *work, on logstore.TxCause, what string, cause error) error {
+	w.t.err, w.t.note = cause, what
+	warn, err := a.apply(ctx, w.t, on)
+	text := causeText[on]
+	if what != "" {
+		text += " (" + what + ")"
 	}
-	switch {
-	case d == nil:
-	case !kept:
-		// Without a receipt in the spool the operator has nothing to
-		// confirm or reject: a hold would block the submission for the
-		// whole window. The retry gets this identifier instead (at most
-		// one envelope); the log says the outcome is unknown.
-		if cerr := a.commitKey(ctx, d, tx.ID, window); cerr != nil {
-			err = errors.Join(err, cerr)
-			what += "; " + dedupCommitFailed
-		}
-	case d.unclaimed || dedupSkipped:
-		// on_error = accept went on without a hold: take one now.
-		if herr := a.holdKey(ctx, d, tx.ID, window); herr != nil {
-			err = errors.Join(err, herr)
-		}
-	}
-	return a.abort(s, tx, what, err)
+	return errors.Join(fmt.Errorf("%s: %w", text, cause), warn, err)
 }
 
-// holdKey makes sure a hold naming pecID is on the submission when the
-// transaction could not take one before its hand-off (on_error =
-// accept): its own lease becomes the hold if still there (Prepare), or a
-// hold is put without a lease (Hold). A store unavailable is retried in
-// the background; Reconcile puts unknown outcomes' holds back at start.
-func (a *Acceptor) holdKey(ctx context.Context, d *dedupTx, pecID string, window time.Duration) error {
+// release drops the session's claim when its envelope stays here, before
+// the record says so, so that a retry proceeds as new; an unreachable
+// store is retried in the background, and Reconcile abandons the hold of
+// a not-handed-off transaction at the next start.
+func (a *Acceptor) release(ctx context.Context, t *txn) error {
+	d := t.claim
+	if d == nil || d.unclaimed {
+		return nil
+	}
+	err := a.Dedup.Release(ctx, d.key, d.token)
+	if errors.Is(err, dedup.ErrUnavailable) {
+		go a.retryLater(func() error { return a.Dedup.Release(context.Background(), d.key, d.token) })
+	}
+	if errors.Is(err, dedup.ErrNotOwner) {
+		return nil // a twin holds the key: nothing of ours to drop
+	}
+	return err
+}
+
+// ensureHold makes sure a hold names the transaction when on_error =
+// accept let it go on without one and it now waits (a receipt owed, an
+// outcome unknown): its own lease becomes the hold if still there
+// (Prepare), or a hold is put without a lease (Hold). An unreachable
+// store is retried in the background; Reconcile puts the holds of
+// unknown outcomes back at every start.
+func (a *Acceptor) ensureHold(ctx context.Context, t *txn) error {
+	if !t.holdLess || t.key == nil || a.Dedup == nil {
+		return nil
+	}
+	d := t.claim
 	op := func(ctx context.Context) error {
-		if !d.unclaimed {
-			if a.Dedup.Prepare(ctx, d.key, d.token, pecID, window) == nil {
+		if d != nil && !d.unclaimed {
+			if a.Dedup.Prepare(ctx, d.key, d.token, t.id, a.window()) == nil {
 				return nil
 			}
 			// Hold leaves any lease alone, our own too: drop it first.
 			_ = a.Dedup.Release(ctx, d.key, d.token)
 		}
-		return a.Dedup.Hold(ctx, d.key.ID(), d.key.Fingerprint(), pecID, window)
+		return a.Dedup.Hold(ctx, t.key.ID, t.key.FP, t.id, a.window())
 	}
-	err := op(context.WithoutCancel(ctx))
+	err := op(ctx)
 	if errors.Is(err, dedup.ErrUnavailable) {
 		go a.retryLater(func() error { return op(context.Background()) })
 	}
-	return err
-}
-
-// Details the reconciliation reads back.
-const (
-	// notHandedOff ends the Detail of an aborted record of a
-	// transaction whose envelope stayed here.
-	notHandedOff = "transport envelope not handed off"
-	// abortReceiptNotDelivered begins the Detail of the aborted record
-	// of a transaction whose envelope went out and whose receipt did not.
-	abortReceiptNotDelivered = "transport envelope handed off, acceptance receipt not delivered"
-	// dedupCommitFailed is in the Detail of a handed-off record whose
-	// dedup commit failed.
-	dedupCommitFailed = "dedup commit failed"
-	// abortOutcomeUnknown begins the Detail of the aborted record of a
-	// transaction whose next hop did not answer the end of DATA.
-	abortOutcomeUnknown = "transport envelope hand-off outcome unknown (the next hop did not answer the end of DATA)"
-)
-
-func joinDetail(a, b string) string {
-	if a == "" {
-		return b
+	if err == nil {
+		t.holdLess = false
 	}
-	return a + "; " + b
+	return err
 }
 
 // refuse emits the non-acceptance notice (RFC 6109 §3.1.2): built,
@@ -577,23 +516,17 @@ func (a *Acceptor) refuse(ctx context.Context, s *Submission, tx pec.Transaction
 		return nil, fmt.Errorf("log the non-acceptance: %w", err)
 	}
 	if err := a.Mailboxes.Deliver(ctx, deliveryMessage(notice, data)); err != nil {
-		return nil, a.abort(s, tx, "non-acceptance notice not delivered", err)
+		// Not a state of an acceptance transaction: the record says what
+		// happened to people, and the client's retry is refused again.
+		ab := rec
+		ab.Type, ab.SHA256, ab.Generated, ab.Violations = logstore.EventAborted, "", nil, nil
+		ab.Detail = "non-acceptance notice not delivered: " + err.Error()
+		if _, _, lerr := a.Log.Append(context.WithoutCancel(ctx), &ab); lerr != nil {
+			err = errors.Join(err, fmt.Errorf("log the abort: %w", lerr))
+		}
+		return nil, fmt.Errorf("non-acceptance notice not delivered: %w", err)
 	}
 	return &Outcome{ID: tx.ID, NoticeID: notice.MessageID, Violations: violations, At: tx.At}, nil
-}
-
-// abort records that a logged transaction was not completed, and returns
-// the error for a temporary reply. The record is best effort: if the log
-// itself fails, the error says so too.
-func (a *Acceptor) abort(s *Submission, tx pec.Transaction, what string, cause error) error {
-	rec := a.record(s, tx)
-	rec.Type = logstore.EventAborted
-	rec.Detail = what + ": " + cause.Error()
-	// A cancelled session must not keep the abort record out of the log.
-	if _, _, err := a.Log.Append(context.Background(), &rec); err != nil {
-		return errors.Join(fmt.Errorf("%s: %w", what, cause), fmt.Errorf("log the abort: %w", err))
-	}
-	return fmt.Errorf("%s: %w", what, cause)
 }
 
 func (a *Acceptor) buildSigned(tx pec.Transaction, build func(pec.Transaction) (*pec.Message, error)) (*pec.Message, []byte, error) {
@@ -611,16 +544,17 @@ func (a *Acceptor) buildSigned(tx pec.Transaction, build func(pec.Transaction) (
 // record fills the fields of RFC 6109 §2.3 and the submission's.
 func (a *Acceptor) record(s *Submission, tx pec.Transaction) logstore.Record {
 	sub := tx.Submission
-	var dk string
+	var dk *logstore.DedupKey
 	if sub.MessageID != "" {
 		k := dedupKey(s, sub)
-		dk = k.ID() + " " + k.Fingerprint()
+		dk = &logstore.DedupKey{ID: k.ID(), FP: k.Fingerprint()}
 	}
 	var recips []logstore.Recipient
 	for _, r := range pec.Classify(a.Directory, sub.Addressees()) {
 		recips = append(recips, logstore.Recipient{Addr: r.Address, Tipo: r.Tipo()})
 	}
 	return logstore.Record{
+		V:          logstore.FormatVersion,
 		Time:       tx.At.Time().Format(time.RFC3339),
 		PECID:      tx.ID,
 		MsgID:      sub.MessageID,
@@ -632,7 +566,7 @@ func (a *Acceptor) record(s *Submission, tx pec.Transaction) logstore.Record {
 		ClientIP:   s.ClientIP,
 		TLS:        s.TLS,
 		Size:       int64(len(s.Raw)),
-		DedupKey:   dk,
+		Dedup:      dk,
 	}
 }
 

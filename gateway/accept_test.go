@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -52,16 +53,22 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
+	sp, err := delivery.OpenSpool(filepath.Join(t.TempDir(), "spool"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	f := &fixture{log: l, dir: dir, out: &recordingTarget{}, box: &recordingTarget{}}
 	f.a = &Acceptor{
-		Provider:  pec.Provider{Name: testpki.ProviderName, Domain: testpki.Domain},
-		Directory: pec.NewDomainDirectory([]string{testpki.Domain}, []string{"pec.altro.it"}),
-		Signer:    s,
-		Log:       l,
-		Outbound:  f.out,
-		Mailboxes: f.box,
-		Now:       func() time.Time { return fixedNow },
-		Rand:      rand.Reader,
+		Receipts:     sp,
+		Transactions: NewTransactions(),
+		Provider:     pec.Provider{Name: testpki.ProviderName, Domain: testpki.Domain},
+		Directory:    pec.NewDomainDirectory([]string{testpki.Domain}, []string{"pec.altro.it"}),
+		Signer:       s,
+		Log:          l,
+		Outbound:     f.out,
+		Mailboxes:    f.box,
+		Now:          func() time.Time { return fixedNow },
+		Rand:         rand.Reader,
 	}
 	return f
 }

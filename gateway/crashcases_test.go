@@ -122,7 +122,7 @@ func TestReconcileKeepsTwinsCommit(t *testing.T) {
 	}
 	// A's log says its envelope was not handed off: Redis had no hold.
 	recs := na.records(t, aID)
-	if last := recs[len(recs)-1]; last.Type != "aborted" || !strings.HasPrefix(last.Detail, reconciledNoHold) {
+	if last := recs[len(recs)-1]; last.State != logstore.TxNotHandedOff || last.Cause != logstore.CauseFoundNotOut || !strings.Contains(last.Detail, "no dedup hold was taken") {
 		t.Errorf("A's last record: %+v", last)
 	}
 }
@@ -237,8 +237,9 @@ func TestCommitOwedIsNotOptional(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = Reconcile(context.Background(), ReconcileInput{LogDir: n.logDir, Log: n.log, Store: rememberFails{n.store},
-		Outbound: n.a.Outbound, Mailboxes: n.a.Mailboxes, Receipts: n.spool, Now: fixedNow.Add(time.Minute)})
+	failing := *n.a
+	failing.Dedup = rememberFails{n.store}
+	_, err = failing.Reconcile(context.Background(), ReconcileInput{LogDir: n.logDir, Now: fixedNow.Add(time.Minute)})
 	if !errors.Is(err, dedup.ErrUnavailable) {
 		t.Fatalf("Reconcile with the store failing = %v, want its error", err)
 	}
@@ -246,29 +247,6 @@ func TestCommitOwedIsNotOptional(t *testing.T) {
 	o2, err := n.a.Process(context.Background(), retry())
 	if err != nil || !o2.Duplicate || o2.ID != o.ID {
 		t.Fatalf("retry: %+v, %v; want a duplicate of %s", o2, err, o.ID)
-	}
-	if got := n.envelopes(t); got != 1 {
-		t.Errorf("%d envelopes", got)
-	}
-}
-
-// TestNoSpoolCommitOwed: without a spool, a failed receipt hand-off
-// commits at once; when that commit fails too, the aborted record says
-// so and the next start remembers it.
-func TestNoSpoolCommitOwed(t *testing.T) {
-	n := newNode(t)
-	a := *n.a
-	a.Receipts = nil
-	a.Mailboxes = &recordingTarget{fail: errors.New("mailbox down")}
-	a.Dedup = commitFails{n.store}
-	if _, err := a.Process(context.Background(), retry()); err == nil {
-		t.Fatal("accepted without the receipt")
-	}
-	b := n.lastBusta(t)
-	n.restart(t, nil)
-	o, err := n.a.Process(context.Background(), retry())
-	if err != nil || !o.Duplicate || o.ID != b.PECID {
-		t.Fatalf("retry: %+v, %v; want a duplicate of %s", o, err, b.PECID)
 	}
 	if got := n.envelopes(t); got != 1 {
 		t.Errorf("%d envelopes", got)
@@ -295,7 +273,7 @@ func TestCommittedBeforeCrashIsComplete(t *testing.T) {
 	if rep != (Report{Incomplete: 1, Found: 1, Remembered: 1}) {
 		t.Errorf("report %+v", rep)
 	}
-	checkReconciled(t, n.records(t, b.PECID), b, logstore.EventHandedOff, reconciledCommitted)
+	checkReconciled(t, n.records(t, b.PECID), b, logstore.TxReceiptOut, logstore.CauseFoundCommitted)
 	n.checkReceipts(t, b, 1)
 }
 
@@ -349,7 +327,7 @@ func TestNextHopOutcomeUnknown(t *testing.T) {
 			}
 			b := n.lastBusta(t)
 			recs := n.records(t, b.PECID)
-			if last := recs[len(recs)-1]; last.Type != logstore.EventAborted || !strings.HasPrefix(last.Detail, abortOutcomeUnknown) {
+			if last := recs[len(recs)-1]; last.State != logstore.TxOutcomeUnknown || last.Cause != logstore.CauseEnvelopeUnknown {
 				t.Errorf("records %s, last %+v", types(recs), last)
 			}
 			if e, err := n.spool.Get(b.PECID); err != nil || e.State != delivery.SpoolUnconfirmed {
@@ -387,7 +365,7 @@ func TestNextHopOutcomeUnknown(t *testing.T) {
 			last := recs[len(recs)-1]
 			o, err := n.a.Process(context.Background(), retry())
 			if decision == delivery.SpoolConfirmed {
-				if last.Type != logstore.EventHandedOff || !strings.Contains(last.Detail, operatorConfirmed) || last.Time != b.Time {
+				if last.State != logstore.TxReceiptOut || last.Cause != logstore.CauseOperatorConfirmed || last.Time != b.Time {
 					t.Errorf("after confirm: %+v", last)
 				}
 				n.checkReceipts(t, b, 1)
@@ -398,7 +376,7 @@ func TestNextHopOutcomeUnknown(t *testing.T) {
 					t.Errorf("%d more envelopes", got)
 				}
 			} else {
-				if last.Type != logstore.EventAborted || !strings.HasPrefix(last.Detail, operatorRejected) || last.Time != b.Time {
+				if last.State != logstore.TxNotHandedOff || last.Cause != logstore.CauseOperatorRejected || last.Time != b.Time {
 					t.Errorf("after reject: %+v", last)
 				}
 				if _, err := n.spool.Get(b.PECID); !errors.Is(err, os.ErrNotExist) {
@@ -489,12 +467,12 @@ func (f *flakySpool) Mark(id string, st delivery.SpoolState) error {
 	return f.ReceiptSpool.Mark(id, st)
 }
 
-// countDetail counts the records of pecID whose Detail has prefix.
-func countDetail(t *testing.T, n *node, pecID, contains string) int {
+// countCause counts the records of pecID of the event on.
+func countCause(t *testing.T, n *node, pecID string, on logstore.TxCause) int {
 	t.Helper()
 	c := 0
 	for _, r := range n.records(t, pecID) {
-		if strings.Contains(r.Detail, contains) {
+		if r.Cause == on {
 			c++
 		}
 	}
@@ -520,16 +498,16 @@ func TestOperatorDecisionAppliedOnce(t *testing.T) {
 			fs := &flakySpool{ReceiptSpool: n.spool}
 			fs.failRemove.Store(2)
 			n.a.Receipts = fs
-			want := operatorConfirmed
+			want := logstore.CauseOperatorConfirmed
 			if decision == delivery.SpoolRejected {
-				want = operatorRejected
+				want = logstore.CauseOperatorRejected
 			}
 			for range 2 { // the periodic run, twice, the removal failing
 				if _, err := n.a.RedeliverReceipts(context.Background()); err == nil {
 					t.Error("redelivery: want the removal's error")
 				}
 			}
-			if got := countDetail(t, n, b.PECID, want); got != 1 {
+			if got := countCause(t, n, b.PECID, want); got != 1 {
 				t.Errorf("%d records of the decision after two runs, want 1", got)
 			}
 			if _, err := n.spool.Get(b.PECID); err != nil {
@@ -537,7 +515,7 @@ func TestOperatorDecisionAppliedOnce(t *testing.T) {
 			}
 			// The process dies with the entry still there.
 			n.restart(t, nil)
-			if got := countDetail(t, n, b.PECID, want); got != 1 {
+			if got := countCause(t, n, b.PECID, want); got != 1 {
 				t.Errorf("%d records of the decision after the restart, want 1", got)
 			}
 			if _, err := n.spool.Get(b.PECID); !errors.Is(err, os.ErrNotExist) {
@@ -550,11 +528,12 @@ func TestOperatorDecisionAppliedOnce(t *testing.T) {
 	}
 }
 
-// TestUnknownWithoutReceiptIsNotStuck: the unconfirmed mark failed, so no
-// receipt is kept: there would be nothing for the operator to confirm or
-// reject, and a hold would block the submission for the whole window.
-// The submission is remembered instead: the retry gets the identifier.
-func TestUnknownWithoutReceiptIsNotStuck(t *testing.T) {
+// TestUnconfirmedMarkRedone: the unconfirmed mark failed (a disk in
+// trouble): the log says the outcome is unknown all the same, so the
+// receipt stays for the operator, the periodic run marks it, and the
+// retry waits for the operator's decision (never a 250 without a
+// receipt, never a second envelope), also after a restart.
+func TestUnconfirmedMarkRedone(t *testing.T) {
 	n := newNode(t)
 	fs := &flakySpool{ReceiptSpool: n.spool}
 	fs.failMark.Store(1)
@@ -565,40 +544,26 @@ func TestUnknownWithoutReceiptIsNotStuck(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := n.lastBusta(t)
-	if got := countDetail(t, n, b.PECID, "acceptance receipt could not be kept"); got != 1 {
+	if got := countCause(t, n, b.PECID, logstore.CauseEnvelopeUnknown); got != 1 {
 		t.Errorf("records %s", types(n.records(t, b.PECID)))
 	}
-	if _, err := n.spool.Get(b.PECID); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("entry: %v; want none (never to be delivered)", err)
+	if e, err := n.spool.Get(b.PECID); err != nil || e.State != delivery.SpoolPending {
+		t.Fatalf("entry %+v, %v; want still pending", e, err)
 	}
-	n.restart(t, nil)
-	o, err := n.a.Process(context.Background(), retry())
-	if err != nil || !o.Duplicate || o.ID != b.PECID {
-		t.Fatalf("retry: %+v, %v; want a duplicate of %s", o, err, b.PECID)
+	if _, err := n.a.RedeliverReceipts(context.Background()); err != nil {
+		t.Fatal(err)
 	}
-}
-
-// TestCommitWithoutReceiptIsNotProof: without a spooled receipt, a commit
-// in the store does not show the receipt went out (a failed receipt
-// commits when no spool can keep it). Killed right after such a commit,
-// with a next hop that cannot be asked, the transaction is reconciled as
-// of unknown outcome, not as handed off.
-func TestCommitWithoutReceiptIsNotProof(t *testing.T) {
-	n := newNode(t)
-	c := &crashSwitch{}
-	a := *n.a
-	a.Receipts = nil
-	a.Outbound = &recordingTarget{}
-	a.Mailboxes = &recordingTarget{fail: errors.New("mailbox down")}
-	a.Log = crashLog{n.log, c}
-	a.Dedup = commitThenCrash{crashStore{n.store, c}}
-	if _, err := a.Process(context.Background(), retry()); err == nil {
-		t.Fatal("accepted without the receipt")
+	if e, err := n.spool.Get(b.PECID); err != nil || e.State != delivery.SpoolUnconfirmed {
+		t.Fatalf("entry after the periodic run %+v, %v; want unconfirmed", e, err)
 	}
-	b := n.lastBusta(t)
-	rep := n.restart(t, &recordingTarget{})
-	if rep.Unknown != 1 || rep.Found != 0 {
-		t.Errorf("report %+v, want the outcome unknown", rep)
+	for _, when := range []string{"before", "after"} {
+		_, err := n.a.Process(context.Background(), retry())
+		var ife *InFlightError
+		if !errors.As(err, &ife) || ife.Hold != b.PECID {
+			t.Fatalf("retry %s a restart: %v; want 451 held by %s", when, err, b.PECID)
+		}
+		if when == "before" {
+			n.restart(t, nil)
+		}
 	}
-	checkReconciled(t, n.records(t, b.PECID), b, logstore.EventAborted, reconciledUnknown)
 }

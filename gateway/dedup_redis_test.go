@@ -124,7 +124,7 @@ func TestRedisDownTempfails(t *testing.T) {
 // however long the lease would have been. A's restart reconciles its log
 // and resolves the hold: the envelope was out → B answers the retry as a
 // duplicate with A's identifier; it was not → B certifies it as new.
-// Either way one envelope in all (invariant 3 of ARCHITECTURE.md).
+// Either way one envelope in all (invariant 3 of docs/architecture.md).
 func TestCrashedHoldBlocksOtherInstances(t *testing.T) {
 	r := testtool.StartRedis(t)
 	for _, tc := range []struct {

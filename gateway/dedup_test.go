@@ -35,7 +35,7 @@ func countTypes(recs []*logstore.Record) map[logstore.Event]int {
 
 // TestRetryGetsTheOriginalID: the same submission twice makes one
 // envelope; the retry is answered with the first PEC identifier and
-// logged as a duplicate (ARCHITECTURE.md invariant 3).
+// logged as a duplicate (invariant 3 of docs/architecture.md).
 func TestRetryGetsTheOriginalID(t *testing.T) {
 	f := newFixture(t)
 	withDedup(t, f)
@@ -62,8 +62,8 @@ func TestRetryGetsTheOriginalID(t *testing.T) {
 	// the first transaction and in the duplicate.
 	k := dedup.Key{Sender: sub.User, MessageID: "<c1@mua>", Recipients: sub.Envelope.To, BodyHash: sha256.Sum256([]byte(goodMessage))}
 	for _, r := range recs {
-		if r.DedupKey != k.ID()+" "+k.Fingerprint() {
-			t.Errorf("%s record dedup_key %q", r.Type, r.DedupKey)
+		if r.Dedup == nil || *r.Dedup != (logstore.DedupKey{ID: k.ID(), FP: k.Fingerprint()}) || r.DedupKey != "" {
+			t.Errorf("%s record dedup %+v, dedup_key %q", r.Type, r.Dedup, r.DedupKey)
 		}
 	}
 	if r := AcceptedReply(again); r.Code != 250 || !strings.Contains(r.Message, first.ID) {

@@ -44,7 +44,7 @@ func TestReceiptFailureRetryDelivers(t *testing.T) {
 	mb.fail.Store(2)
 	n.a.Mailboxes = mb
 	ctx := context.Background()
-	if _, err := n.a.Process(ctx, retry()); err == nil || !strings.Contains(err.Error(), abortReceiptNotDelivered) {
+	if _, err := n.a.Process(ctx, retry()); err == nil || !strings.Contains(err.Error(), causeText[logstore.CauseReceiptFailed]) {
 		t.Fatalf("first: %v, want the receipt failure", err)
 	}
 	b := n.lastBusta(t)
@@ -64,7 +64,7 @@ func TestReceiptFailureRetryDelivers(t *testing.T) {
 	n.checkReceipts(t, b, 1)
 	recs := n.records(t, b.PECID)
 	late := recs[len(recs)-2] // then the duplicate record
-	if late.Type != logstore.EventHandedOff || late.Time != b.Time || !strings.HasPrefix(late.Detail, receiptRedelivered+" on the client's retry") {
+	if late.State != logstore.TxReceiptOut || late.Cause != logstore.CauseRedelivered || late.Time != b.Time || !strings.Contains(late.Detail, "on the client's retry") {
 		t.Errorf("records %s; late hand-off %+v", types(recs), late)
 	}
 	// Nothing left to do for the reconciliation.
@@ -120,20 +120,15 @@ func TestSpoolEmptyAfterSuccess(t *testing.T) {
 }
 
 // BenchmarkProcess is one accepted submission (10 KB) through the real
-// parts on this machine's disk: log (fsync'd), embedded dedup store,
-// maildir hand-offs, with and without the receipt spool, with few and
-// many clients at once. The spool's cost is one more durable file
-// write and a removal per message.
+// parts on this machine's disk: log (fsync'd), receipt spool, embedded
+// dedup store, maildir hand-offs, with few and many clients at once.
 func BenchmarkProcess(b *testing.B) {
 	body := strings.Repeat("Lorem ipsum dolor sit amet, consectetur adipiscing elit.\r\n", 175)
-	for _, spool := range []bool{false, true} {
+	{
 		for _, par := range []int{1, 8} {
-			b.Run(fmt.Sprintf("spool=%v/goroutines=%d", spool, par*runtime.GOMAXPROCS(0)), func(b *testing.B) {
+			b.Run(fmt.Sprintf("goroutines=%d", par*runtime.GOMAXPROCS(0)), func(b *testing.B) {
 				n := &node{logDir: b.TempDir(), dedupDir: b.TempDir(), dataDir: b.TempDir()}
 				n.startTB(b)
-				if !spool {
-					n.a.Receipts = nil
-				}
 				var seq atomic.Int64
 				b.SetParallelism(par)
 				b.RunParallel(func(pb *testing.PB) {

@@ -169,16 +169,17 @@ func (n *node) startTB(t testing.TB) {
 	}
 	n.log, n.store, n.local, n.spool = l, st, delivery.NewLocal(n.dataDir), sp
 	n.a = &Acceptor{
-		Provider:  pec.Provider{Name: testpki.ProviderName, Domain: testpki.Domain},
-		Directory: pec.NewDomainDirectory([]string{testpki.Domain}, []string{"pec.altro.it"}),
-		Signer:    s,
-		Log:       l,
-		Outbound:  n.local.Outbound(),
-		Mailboxes: n.local.Mailboxes(),
-		Dedup:     st,
-		Receipts:  sp,
-		Now:       func() time.Time { return fixedNow },
-		Rand:      rand.Reader,
+		Provider:     pec.Provider{Name: testpki.ProviderName, Domain: testpki.Domain},
+		Directory:    pec.NewDomainDirectory([]string{testpki.Domain}, []string{"pec.altro.it"}),
+		Signer:       s,
+		Log:          l,
+		Outbound:     n.local.Outbound(),
+		Mailboxes:    n.local.Mailboxes(),
+		Dedup:        st,
+		Receipts:     sp,
+		Transactions: NewTransactions(),
+		Now:          func() time.Time { return fixedNow },
+		Rand:         rand.Reader,
 	}
 }
 
@@ -219,8 +220,7 @@ func (n *node) restart(t *testing.T, outbound delivery.Target) Report {
 
 func (n *node) reconcile(t *testing.T, outbound delivery.Target) Report {
 	t.Helper()
-	rep, err := Reconcile(context.Background(), ReconcileInput{LogDir: n.logDir, Log: n.log, Store: n.store,
-		Outbound: outbound, Mailboxes: n.a.Mailboxes, Receipts: n.spool, Now: fixedNow.Add(time.Minute)})
+	rep, err := n.a.Reconcile(context.Background(), ReconcileInput{LogDir: n.logDir, Outbound: outbound, Now: fixedNow.Add(time.Minute)})
 	if err != nil {
 		t.Fatalf("Reconcile: %v", err)
 	}
@@ -273,23 +273,24 @@ func (n *node) lastBusta(t *testing.T) *logstore.Record {
 func types(recs []*logstore.Record) string {
 	var s []string
 	for _, r := range recs {
-		s = append(s, string(r.Type))
+		s = append(s, string(r.Type)+"/"+string(r.Tx().State))
 	}
 	return strings.Join(s, ",")
 }
 
-// checkReconciled checks the record Reconcile appended to b's transaction.
-func checkReconciled(t *testing.T, recs []*logstore.Record, b *logstore.Record, typ logstore.Event, detail string) {
+// checkReconciled checks the record Reconcile appended to b's
+// transaction: it reached state st by the event on.
+func checkReconciled(t *testing.T, recs []*logstore.Record, b *logstore.Record, st logstore.TxState, on logstore.TxCause) {
 	t.Helper()
 	last := recs[len(recs)-1]
-	if last.Type != typ {
-		t.Fatalf("records %s, want the last %s", types(recs), typ)
+	if tx := last.Tx(); tx.State != st || tx.Cause != on {
+		t.Fatalf("records %s, the last %s/%s, want %s/%s", types(recs), tx.State, tx.Cause, st, on)
 	}
-	if !strings.HasPrefix(last.Detail, detail) || !strings.Contains(last.Detail, "reconciliation ran at 2026-11-23T10:31:00+01:00") {
-		t.Errorf("detail %q", last.Detail)
+	if last.Type != st.Types()[0] || !strings.Contains(last.Detail, "reconciliation ran at 2026-11-23T10:31:00+01:00") {
+		t.Errorf("type %s, detail %q", last.Type, last.Detail)
 	}
 	// The transaction's time reference, not the reconciliation's.
-	if last.Time != b.Time || last.PECID != b.PECID || last.DedupKey != b.DedupKey || last.MsgID != b.MsgID ||
+	if last.Time != b.Time || last.PECID != b.PECID || last.Dedup == nil || *last.Dedup != *b.Dedup || last.MsgID != b.MsgID ||
 		last.Sender != b.Sender || last.User != b.User || last.Subject != b.Subject || last.Provider != b.Provider ||
 		len(last.Recipients) != len(b.Recipients) || last.Generated == nil || *last.Generated != *b.Generated {
 		t.Errorf("reconciled record %+v\ndoes not copy the busta-trasporto %+v", last, b)
@@ -322,15 +323,13 @@ func TestReconcileEnvelopeOut(t *testing.T) {
 				t.Errorf("report %+v", rep)
 			}
 			recs := n.records(t, b.PECID)
-			checkReconciled(t, recs, b, logstore.EventHandedOff, reconciledFound)
+			checkReconciled(t, recs, b, logstore.TxReceiptOut, logstore.CauseFoundOut)
 			// The spooled receipt, signed at the transaction's instant,
-			// reached the sender exactly once (invariant 1).
-			want := receiptRedelivered
-			if tc.name == "receipt written" {
-				want = receiptWasThere
-			}
-			if d := recs[len(recs)-1].Detail; !strings.Contains(d, want) {
-				t.Errorf("detail %q, want it to say %q", d, want)
+			// reached the sender exactly once (invariant 1); the detail
+			// tells people whether it was found there already.
+			found := strings.Contains(recs[len(recs)-1].Detail, "found in the sender's mailbox")
+			if found != (tc.name == "receipt written") {
+				t.Errorf("detail %q", recs[len(recs)-1].Detail)
 			}
 			n.checkReceipts(t, b, 1)
 			o, err := n.a.Process(context.Background(), retry())
@@ -354,7 +353,7 @@ func TestReconcileEnvelopeNotOut(t *testing.T) {
 	if rep != (Report{Incomplete: 1, NotFound: 1, ReceiptsDropped: 1}) {
 		t.Errorf("report %+v", rep)
 	}
-	checkReconciled(t, n.records(t, b.PECID), b, logstore.EventAborted, reconciledNotFound)
+	checkReconciled(t, n.records(t, b.PECID), b, logstore.TxNotHandedOff, logstore.CauseFoundNotOut)
 	n.checkReceipts(t, b, 0) // never certify a message that was not sent
 	o, err := n.a.Process(context.Background(), retry())
 	if err != nil || o.Duplicate || o.ID == b.PECID {
@@ -378,7 +377,7 @@ func TestReconcileNextHopUnknown(t *testing.T) {
 	if rep != (Report{Incomplete: 1, Unknown: 1, ReceiptsUnconfirmed: 1}) {
 		t.Errorf("report %+v", rep)
 	}
-	checkReconciled(t, n.records(t, b.PECID), b, logstore.EventAborted, reconciledUnknown)
+	checkReconciled(t, n.records(t, b.PECID), b, logstore.TxOutcomeUnknown, logstore.CauseFoundUnknown)
 	// The receipt is kept for the operator, not delivered.
 	if e, err := n.spool.Get(b.PECID); err != nil || e.State != delivery.SpoolUnconfirmed {
 		t.Errorf("spool entry %+v, %v; want unconfirmed", e, err)
@@ -462,19 +461,23 @@ func TestReconcileLeavesCompleteAlone(t *testing.T) {
 	}
 }
 
-// TestReconcileWindow: transactions older than the window are left alone
-// (the log is read back one window only); a receipt still spooled for an
-// envelope that is out is delivered all the same, late rather than never.
+// TestReconcileWindow: the log is read back one window only, but a
+// receipt still spooled for an envelope that is out is delivered all the
+// same, late rather than never: its transaction's records are read from
+// the whole log.
 func TestReconcileWindow(t *testing.T) {
 	n := newNode(t)
 	n.crashAt(t, retry(), true, false)
 	b := n.lastBusta(t)
-	rep, err := Reconcile(context.Background(), ReconcileInput{LogDir: n.logDir, Log: n.log, Store: n.store,
-		Outbound: n.a.Outbound, Mailboxes: n.a.Mailboxes, Receipts: n.spool, Window: time.Hour, Now: fixedNow.Add(2 * time.Hour)})
-	if err != nil || rep != (Report{Receipts: 1}) {
+	n.a.DedupWindow = time.Hour
+	rep, err := n.a.Reconcile(context.Background(), ReconcileInput{LogDir: n.logDir, Now: fixedNow.Add(2 * time.Hour)})
+	if err != nil || rep != (Report{Incomplete: 1, Found: 1, Remembered: 1, Receipts: 1}) {
 		t.Errorf("Reconcile past the window = %+v, %v", rep, err)
 	}
 	n.checkReceipts(t, b, 1)
+	if last := n.records(t, b.PECID); last[len(last)-1].State != logstore.TxReceiptOut {
+		t.Errorf("records %s", types(last))
+	}
 }
 
 // receiptFiles counts the messages in the sender's mailbox.

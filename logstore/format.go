@@ -89,6 +89,10 @@ type Record struct {
 	// Chain: set by the log on Append, never by the caller.
 	Seq  uint64 `json:"seq"`
 	Prev string `json:"prev"` // hex SHA-256 of the previous record's line
+	// V is the record format version, set by the log on Append
+	// (FormatVersion); 0 on the records of format 1, which did not
+	// write it.
+	V int `json:"v,omitempty"`
 
 	// RFC 6109 §2.3 items 1-8.
 	Time       string      `json:"time"` // the transaction's time reference, RFC 3339 in Italian legal time
@@ -109,10 +113,17 @@ type Record struct {
 	SHA256     string   `json:"sha256,omitempty"`    // hex SHA-256 of the envelope, or of the refused message
 	Violations []string `json:"violations,omitempty"`
 	Detail     string   `json:"detail,omitempty"` // free text: the reason of an abort, what a torn tail cut, …
-	// DedupKey is "<key id> <fingerprint>" of the submission (dedup.Key):
-	// what a retry is recognised by, so a crashed transaction can be
-	// matched to its retry. Set when the submission had a Message-ID.
+	// DedupKey is format 1's "<key id> <fingerprint>" of the submission;
+	// format 2 writes Dedup instead, and Append refuses it.
 	DedupKey string `json:"dedup_key,omitempty"`
+	// The acceptance transaction (format 2): the state it reached with
+	// this record and the event of the transaction table that led there
+	// (docs/architecture.md), and the submission's dedup key, what a
+	// retry is recognised by. Records of format 1 get them from
+	// Record.Tx (compat.go).
+	State TxState   `json:"state,omitempty"`
+	Cause TxCause   `json:"cause,omitempty"`
+	Dedup *DedupKey `json:"dedup,omitempty"`
 
 	// Checkpoints, seals and purge tombstones.
 	Head   string   `json:"head,omitempty"`   // hex hash of the record before this one (the chain head it certifies)
@@ -121,6 +132,18 @@ type Record struct {
 	Sig    string   `json:"sig,omitempty"`    // base64 DER detached CMS SignedData over Signed
 	Files  []string `json:"files,omitempty"`  // purge: "name sha256 last-record-hash" of each removed segment
 }
+
+// DedupKey is the dedup key of a submission (package dedup): ID is
+// Key.ID() (hex SHA-256 of the sender and the Message-ID), FP is
+// Key.Fingerprint() (hex SHA-256 of the forward-paths and the message).
+type DedupKey struct {
+	ID string `json:"id"`
+	FP string `json:"fp"`
+}
+
+// FormatVersion is the record format the log writes. Format 1 (no "v"
+// field) is still read, verified and reconciled (docs/logformat.md).
+const FormatVersion = 2
 
 // GenesisPrev is the Prev of the very first record of a log.
 var GenesisPrev = strings.Repeat("0", 64)
@@ -173,6 +196,11 @@ func Canonical(r *Record) Record {
 	c.PECID, c.MsgID, c.Sender, c.Subject, c.Provider = v(c.PECID), v(c.MsgID), v(c.Sender), v(c.Subject), v(c.Provider)
 	c.User, c.ClientIP, c.TLS, c.SHA256, c.Detail = v(c.User), v(c.ClientIP), v(c.TLS), v(c.SHA256), v(c.Detail)
 	c.DedupKey = v(c.DedupKey)
+	c.State, c.Cause = TxState(v(string(c.State))), TxCause(v(string(c.Cause)))
+	if c.Dedup != nil {
+		k := DedupKey{ID: v(r.Dedup.ID), FP: v(r.Dedup.FP)}
+		c.Dedup = &k
+	}
 	c.Head, c.Signed, c.Sig = v(c.Head), v(c.Signed), v(c.Sig)
 	c.Violations, c.Files = vs(c.Violations), vs(c.Files)
 	if c.Recipients != nil {
@@ -225,6 +253,9 @@ func Decode(line []byte) (*Record, error) {
 	}
 	if _, err := time.Parse(time.RFC3339, r.Time); err != nil {
 		return nil, fmt.Errorf("time %q: %w", r.Time, err)
+	}
+	if err := checkFormat(&r); err != nil {
+		return nil, err
 	}
 	// Canonical form: re-encoding gives the same bytes.
 	again, err := Encode(&r)

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pecgw/pecgw/internal/durable"
 	"github.com/pecgw/pecgw/pec"
 )
 
@@ -259,8 +260,10 @@ func lockDir(dir string) (*os.File, error) {
 
 // Append writes r to the log and returns when it is on disk (written and
 // fsync'd, together with the records of concurrent Appends). It sets
-// r.Seq and r.Prev (any value the caller put there is replaced) and
-// returns the seq and the hash of the record's line.
+// r.Seq, r.Prev and r.V (any value the caller put there is replaced) and
+// returns the seq and the hash of the record's line. A record that
+// format 2 could not hold (dedup_key, a state on a record of the wrong
+// type) is refused.
 //
 // The caller sets Time (the transaction's time reference, RFC 3339 in
 // Italian legal time: pec.At(t).Time().Format(time.RFC3339)) and the
@@ -317,7 +320,7 @@ func (l *Log) Append(ctx context.Context, r *Record) (seq uint64, hash string, e
 	if err != nil {
 		return 0, "", err
 	}
-	r.Seq, r.Prev = seq, prev
+	r.Seq, r.Prev, r.V = seq, prev, FormatVersion
 	return seq, hash, nil
 }
 
@@ -334,7 +337,10 @@ const maxChainPrefix = len(`{"seq":18446744073709551615,"prev":"`) + 64 + 1
 // prepends seq and prev and hashes.
 func encodeTail(req *request, r *Record) ([]byte, error) {
 	c := Canonical(r)
-	c.Seq, c.Prev = 0, ""
+	c.Seq, c.Prev, c.V = 0, "", FormatVersion
+	if err := checkFormat(&c); err != nil {
+		return nil, fmt.Errorf("log record: %w", err)
+	}
 	if err := req.enc.Encode(&c); err != nil {
 		return nil, fmt.Errorf("log record: %w", err)
 	}
@@ -570,7 +576,7 @@ func (l *Log) addRequest(r *request, now time.Time) error {
 	case r.own != nil:
 		own := *r.own
 		own.Time, own.Provider = rfc3339(now), l.o.Provider
-		own.Seq, own.Prev = l.seq+1, l.head
+		own.Seq, own.Prev, own.V = l.seq+1, l.head, FormatVersion
 		b, err := Encode(&own)
 		if err != nil {
 			return err
@@ -647,7 +653,7 @@ func (l *Log) addSigned(kind Event, now time.Time, tmpl *Record) (*Record, error
 	if tmpl != nil {
 		*r = *tmpl
 	}
-	r.Seq, r.Prev = l.seq+1, l.head
+	r.Seq, r.Prev, r.V = l.seq+1, l.head, FormatVersion
 	r.Time, r.Type, r.Provider = at.Format(time.RFC3339), kind, l.o.Provider
 	r.Head, r.Upto, r.Signed, r.Sig = l.head, l.seq, text, base64.StdEncoding.EncodeToString(der)
 	line, err := Encode(r)
@@ -673,7 +679,7 @@ func (l *Log) flush() error {
 	if err != nil {
 		return fmt.Errorf("write %s: %w", l.segName, err)
 	}
-	if err := l.f.Sync(); err != nil {
+	if err := durable.Sync(durable.LogAppend, l.f); err != nil {
 		return fmt.Errorf("fsync %s: %w", l.segName, err)
 	}
 	if cap(l.buf) > 4<<20 {
@@ -769,7 +775,7 @@ func (l *Log) createSegment(now time.Time) error {
 		f.Close()
 		return fmt.Errorf("new segment %s: %w", name, err)
 	}
-	if err := syncDir(l.o.Dir); err != nil {
+	if err := durable.SyncDir(durable.LogSegmentDir, l.o.Dir); err != nil {
 		f.Close()
 		return err
 	}

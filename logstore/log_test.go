@@ -196,7 +196,7 @@ func TestAppendReopen(t *testing.T) {
 		prev = Hash(dl.line)
 		// What is on disk is what was appended, byte for byte as Encode does it.
 		want := sampleAcceptance(i+1, at)
-		want.Seq, want.Prev = dl.rec.Seq, dl.rec.Prev
+		want.Seq, want.Prev, want.V = dl.rec.Seq, dl.rec.Prev, FormatVersion
 		enc, _ := Encode(want)
 		if !bytes.Equal(enc, dl.line) || !reflect.DeepEqual(want, dl.rec) {
 			t.Errorf("record %d on disk:\n%s\nwant\n%s", i+1, dl.line, enc)

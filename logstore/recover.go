@@ -110,6 +110,7 @@ func (l *Log) recover() error {
 		badOff   int64 = -1
 		badWhy   string
 		endOff   int64
+		format   int // the highest record format read so far
 	)
 	err = walkLines(rf, func(off int64, line []byte, complete, tooLong bool) error {
 		if badOff >= 0 {
@@ -147,6 +148,11 @@ func (l *Log) recover() error {
 		if (havePrev || records > 0) && r.Prev != head {
 			return &DamageError{Segment: last.Name, Offset: off, Seq: r.Seq, Problem: problemPrevMismatch}
 		}
+		if max(r.V, 1) < format {
+			return &DamageError{Segment: last.Name, Offset: off, Seq: r.Seq,
+				Problem: fmt.Sprintf("a record of format %d after records of format %d", max(r.V, 1), format)}
+		}
+		format = max(format, r.V, 1)
 		head = Hash(line)
 		expected++
 		records++

@@ -53,6 +53,8 @@ func (r *Report) OK() bool { return r.Problem == nil }
 //     that chains to them), made at the record's Time;
 //   - every segment but the last ends with a seal, and nothing follows a
 //     seal in its file;
+//   - each record is of a known format (1 or 2, docs/logformat.md) and none
+//     is of an older format than one before it;
 //   - when the first segment present does not start at seq 1, a signed
 //     purge tombstone names the removed segment whose last record's hash
 //     is the prev of the first record present.
@@ -111,6 +113,7 @@ type verifier struct {
 	startPrev string
 	startAt   where
 	pending   bool
+	format    int // the highest record format seen so far
 }
 
 func newVerifier(dir string, roots *x509.CertPool) *verifier {
@@ -225,6 +228,12 @@ func (v *verifier) segment(s SegmentFile, last bool) error {
 		case r.Prev != v.head:
 			v.sus = &suspect{kind: suspectPrev, at: at, before: v.last, hash: hash}
 		}
+		format := max(r.V, 1)
+		if v.sus == nil && format < v.format {
+			v.problem(at, fmt.Sprintf("a record of format %d after records of format %d: pecgw never writes an older format after a newer one", format, v.format))
+			return errStop
+		}
+		v.format = max(v.format, format)
 		if v.sus == nil {
 			if what := v.checkRecord(r); what != "" {
 				v.problem(at, what)

@@ -172,7 +172,7 @@ func crashSubmit(addr string, implicit bool, tc *tls.Config, user, pwd, rcpt, ra
 // retry every submission that did not get a 250, with the same bytes.
 // Afterwards every submission is acknowledged, has exactly one envelope in
 // outbound/ carrying the PEC id the client got, and its records in the
-// log; the log verifies (ARCHITECTURE.md invariants 1-3). It runs with
+// log; the log verifies (docs/architecture.md invariants 1-3). It runs with
 // each dedup store: the embedded one, and a real redis-server that
 // outlives the killed incarnations (so leases and holds of a killed
 // process are still there when it restarts).

@@ -362,6 +362,12 @@ func textLine(r *logstore.Record) string {
 		field("receipt", printable(g.Receipt))
 		field("notice", printable(g.Notice))
 	}
+	// The transaction's state as recovery reads it (records of format 1
+	// included: logstore.Record.Tx).
+	if tx := r.Tx(); tx.State != "" {
+		field("state", printable(string(tx.State)))
+		field("cause", printable(string(tx.Cause)))
+	}
 	if r.Detail != "" {
 		field("detail", strconv.Quote(r.Detail))
 	}
@@ -386,7 +392,8 @@ func printable(s string) string {
 }
 
 var csvHeader = []string{"seq", "time", "type", "pec_id", "msgid", "sender", "recipients", "recipient_types", "subject",
-	"envelope_id", "receipt_id", "notice_id", "provider", "user", "client_ip", "tls", "size", "sha256", "violations", "detail"}
+	"envelope_id", "receipt_id", "notice_id", "provider", "user", "client_ip", "tls", "size", "sha256", "violations", "detail",
+	"state", "cause"}
 
 // csvRow is a record in the columns of csvHeader; lists are joined with
 // ";". Fields are written as they are in the log, not altered.
@@ -404,7 +411,9 @@ func csvRow(r *logstore.Record) []string {
 	if r.Size != 0 {
 		size = strconv.FormatInt(r.Size, 10)
 	}
+	tx := r.Tx()
 	return []string{strconv.FormatUint(r.Seq, 10), r.Time, string(r.Type), r.PECID, r.MsgID, r.Sender,
 		strings.Join(addrs, ";"), strings.Join(tipi, ";"), r.Subject, g.Envelope, g.Receipt, g.Notice,
-		r.Provider, r.User, r.ClientIP, r.TLS, size, r.SHA256, strings.Join(r.Violations, ";"), r.Detail}
+		r.Provider, r.User, r.ClientIP, r.TLS, size, r.SHA256, strings.Join(r.Violations, ";"), r.Detail,
+		string(tx.State), string(tx.Cause)}
 }

@@ -45,7 +45,8 @@ func writtenLog(t *testing.T, clock time.Time, n int) string {
 		if _, _, err := l.Append(context.Background(), r); err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := l.Append(context.Background(), &logstore.Record{Time: at, Type: logstore.EventHandedOff, PECID: id}); err != nil {
+		if _, _, err := l.Append(context.Background(), &logstore.Record{Time: at, Type: logstore.EventHandedOff, PECID: id,
+			State: logstore.TxReceiptOut, Cause: logstore.CauseReceiptDelivered}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -92,7 +93,7 @@ func TestLogQueryFormats(t *testing.T) {
 	}
 	want := "2026-11-23T10:07:00+01:00 #"
 	if !strings.HasPrefix(lines[0], want) || !strings.Contains(lines[0], " accettazione "+txID(7)+" utente1@pec.example.it → Dest@pec.altro.it (certificato), x7@example.com (esterno) subject=\"Fattura, \\\"n. 7\\\"\\r\\nBcc: x\" msgid=<m7@client> user=utente1@pec.example.it") ||
-		!strings.Contains(lines[1], " handed-off "+txID(7)) {
+		!strings.Contains(lines[1], " handed-off "+txID(7)+" state=receipt-out cause=receipt-delivered") {
 		t.Errorf("text:\n%s", out)
 	}
 

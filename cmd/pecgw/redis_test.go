@@ -22,7 +22,7 @@ import (
 // moment (a client that retried on the other instance): exactly one
 // transport envelope between the two outbound folders, and both clients
 // end with the same PEC identifier (the one that lost the race gets 451
-// and retries). ARCHITECTURE.md invariant 3.
+// and retries). docs/architecture.md invariant 3.
 func TestTwoBinariesShareRedis(t *testing.T) {
 	const (
 		domain = "pec.example.it"

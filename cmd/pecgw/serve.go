@@ -160,11 +160,25 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 		s.closeAll()
 		return nil, fmt.Errorf("delivery.spool: %w", err)
 	}
+	acceptor := &gateway.Acceptor{
+		Dedup:         store,
+		Receipts:      spool,
+		Transactions:  gateway.NewTransactions(),
+		DedupWindow:   cfg.Dedup.Window,
+		DedupLease:    cfg.Dedup.Lease,
+		DedupFailOpen: cfg.Dedup.OnError == "accept",
+		Provider:      pec.Provider{Name: cfg.Provider.Name, Domain: cfg.Provider.Domains[0]},
+		Directory:     dir,
+		Limits:        pec.Limits{MaxSizeTimesRecipients: cfg.Limits.MaxSizeTimesRecipients, MaxRecipients: cfg.Limits.MaxRecipients},
+		Signer:        sig,
+		Log:           s.txlog,
+		Outbound:      outbound,
+		Mailboxes:     mailboxes,
+		Now:           time.Now,
+		Rand:          rand.Reader,
+	}
 	// Transactions a crash left half done, before any client can retry.
-	rep, err := gateway.Reconcile(context.Background(), gateway.ReconcileInput{
-		LogDir: lo.Dir, Log: s.txlog, Store: store, Outbound: outbound, Mailboxes: mailboxes,
-		Receipts: spool, Window: cfg.Dedup.Window, Now: time.Now(), DedupFailOpen: cfg.Dedup.OnError == "accept",
-	})
+	rep, err := acceptor.Reconcile(context.Background(), gateway.ReconcileInput{LogDir: lo.Dir, Now: time.Now()})
 	if err != nil {
 		s.closeAll()
 		return nil, err
@@ -187,22 +201,6 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 		} else if n > 0 {
 			logger.Info("stale maildir tmp files removed", zap.String("event", "delivery.cleaned"), zap.Int("files", n))
 		}
-	}
-	acceptor := &gateway.Acceptor{
-		Dedup:         store,
-		Receipts:      spool,
-		DedupWindow:   cfg.Dedup.Window,
-		DedupLease:    cfg.Dedup.Lease,
-		DedupFailOpen: cfg.Dedup.OnError == "accept",
-		Provider:      pec.Provider{Name: cfg.Provider.Name, Domain: cfg.Provider.Domains[0]},
-		Directory:     dir,
-		Limits:        pec.Limits{MaxSizeTimesRecipients: cfg.Limits.MaxSizeTimesRecipients, MaxRecipients: cfg.Limits.MaxRecipients},
-		Signer:        sig,
-		Log:           s.txlog,
-		Outbound:      outbound,
-		Mailboxes:     mailboxes,
-		Now:           time.Now,
-		Rand:          rand.Reader,
 	}
 	s.accept = acceptor
 	lim := cfg.Limits

@@ -8,20 +8,12 @@ import (
 
 	"github.com/pecgw/pecgw/config"
 	"github.com/pecgw/pecgw/delivery"
+	"github.com/pecgw/pecgw/gateway"
 	"github.com/pecgw/pecgw/logstore"
 )
 
 const spoolUsage = "pecgw spool list --config FILE\n" +
 	"       pecgw spool confirm|reject PEC-ID --config FILE"
-
-// spoolStateWords says what each state means to the operator.
-var spoolStateWords = map[delivery.SpoolState]string{
-	delivery.SpoolPending:     "pending (transaction running, or for the reconciliation at start)",
-	delivery.SpoolOut:         "owed (envelope out; pecgw serve retries every minute)",
-	delivery.SpoolUnconfirmed: "unconfirmed (envelope of unknown fate: ask the next hop, then confirm or reject)",
-	delivery.SpoolConfirmed:   "confirmed (pecgw serve delivers it within a minute)",
-	delivery.SpoolRejected:    "rejected (pecgw serve drops it within a minute and frees the submission)",
-}
 
 // cmdSpool shows the acceptance receipts waiting in delivery.spool, and
 // records the operator's decision on an unconfirmed one (a transport
@@ -58,21 +50,13 @@ func cmdSpool(args []string, stdout io.Writer) error {
 		return err
 	}
 	if sub != "list" {
-		e, err := sp.Get(pos[0])
+		// The decision goes through the transaction table
+		// (gateway.Decide); the daemon applies it and writes the log.
+		to, err := gateway.Decide(sp, pos[0], sub == "confirm")
 		if err != nil {
 			return err
 		}
-		if e.State != delivery.SpoolUnconfirmed {
-			return fmt.Errorf("the receipt of %s is %s, not unconfirmed: pecgw serve takes care of it", pos[0], spoolStateWords[e.State])
-		}
-		to := delivery.SpoolConfirmed
-		if sub == "reject" {
-			to = delivery.SpoolRejected
-		}
-		if err := sp.Mark(pos[0], to); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "%s: %s\n", pos[0], spoolStateWords[to])
+		fmt.Fprintf(stdout, "%s: %s\n", pos[0], gateway.SpoolMarkMeaning(to))
 		return nil
 	}
 	states, ids, err := sp.List()
@@ -86,7 +70,7 @@ func cmdSpool(args []string, stdout io.Writer) error {
 		if e, err := sp.Get(id); err == nil {
 			_ = json.Unmarshal(e.Record, &rec)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%q\n", id, spoolStateWords[states[id]], rec.Time, rec.Sender, rec.Subject)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%q\n", id, gateway.SpoolMarkMeaning(states[id]), rec.Time, rec.Sender, rec.Subject)
 	}
 	return tw.Flush()
 }

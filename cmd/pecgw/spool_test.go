@@ -22,7 +22,6 @@ func TestSpoolCommand(t *testing.T) {
 	if err := sp.Put(&delivery.SpoolEntry{ID: id, Record: []byte(rec), To: []string{"mario@pec.example.it"}, Data: []byte("x")}); err != nil {
 		t.Fatal(err)
 	}
-	sp.Done(id)
 	if code, _, errOut := runCmd(t, "spool", "confirm", id, "--config", cfg); code != 1 || !strings.Contains(errOut, "not unconfirmed") {
 		t.Errorf("confirm of a pending receipt: exit %d %s", code, errOut)
 	}

@@ -14,6 +14,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/pecgw/pecgw/internal/durable"
 )
 
 // Step names one step of a durable write. Errors say which step failed, and
@@ -48,6 +50,10 @@ func (e *StepError) Unwrap() error { return e.Err }
 // Writer performs durable writes. The zero Writer is ready to use and is
 // what the package-level functions use.
 type Writer struct {
+	// Point names the write among pecgw's durable writes (package
+	// durable): its file fsync is Point.File(), its folder fsync
+	// Point.Dir(). "" for writes that are not on the acceptance path.
+	Point durable.Point
 	// FailBefore is a test seam: when not nil it is called before each
 	// step, and a non-nil result is treated as that step's failure (the
 	// step is not performed, and the write cleans up as it would after a
@@ -118,7 +124,14 @@ func (w Writer) WriteFile(path string, data []byte, perm os.FileMode) error {
 		os.Remove(tmp)
 		return err
 	}
-	return w.do(StepSyncDir, dir, func() error { return SyncDir(dir) })
+	return w.do(StepSyncDir, dir, func() error { return w.syncDir(dir) })
+}
+
+func (w Writer) syncDir(dir string) error {
+	if w.Point == "" {
+		return SyncDir(dir)
+	}
+	return SyncDirAt(w.Point.Dir(), dir)
 }
 
 // WriteNew creates the new file path, which must not exist, as the maildir
@@ -154,7 +167,7 @@ func (w Writer) WriteNew(tmpPath, path string, data []byte, perm os.FileMode) er
 		return err
 	}
 	dir := filepath.Dir(path)
-	if err := w.do(StepSyncDir, dir, func() error { return SyncDir(dir) }); err != nil {
+	if err := w.do(StepSyncDir, dir, func() error { return w.syncDir(dir) }); err != nil {
 		os.Remove(path)
 		os.Remove(tmpPath)
 		return err
@@ -174,7 +187,11 @@ func (w Writer) fill(f *os.File, name string, data []byte, perm os.FileMode) err
 		return f.Chmod(perm)
 	})
 	if err == nil {
-		err = w.do(StepSync, name, f.Sync)
+		sync := f.Sync
+		if w.Point != "" {
+			sync = func() error { return durable.Sync(w.Point.File(), f) }
+		}
+		err = w.do(StepSync, name, sync)
 	}
 	if err != nil {
 		f.Close()
@@ -186,16 +203,13 @@ func (w Writer) fill(f *os.File, name string, data []byte, perm os.FileMode) err
 // SyncDir fsyncs the folder dir, making the creation, rename or removal of
 // the entries in it durable.
 func SyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("safeio: fsync folder: %w", err)
-	}
-	if err := d.Sync(); err != nil {
-		d.Close()
-		return fmt.Errorf("safeio: fsync folder %s: %w", dir, err)
-	}
-	if err := d.Close(); err != nil {
-		return fmt.Errorf("safeio: close folder %s: %w", dir, err)
+	return SyncDirAt("", dir)
+}
+
+// SyncDirAt is SyncDir for the durable write p (package durable).
+func SyncDirAt(p durable.Point, dir string) error {
+	if err := durable.SyncDir(p, dir); err != nil {
+		return fmt.Errorf("safeio: %w", err)
 	}
 	return nil
 }
@@ -229,7 +243,7 @@ func MkdirAllSync(dir string, perm os.FileMode) error {
 		if err := os.Mkdir(d, perm); err != nil && !errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("safeio: mkdir %s: %w", d, err)
 		}
-		if err := SyncDir(filepath.Dir(d)); err != nil {
+		if err := SyncDirAt(durable.Mkdir, filepath.Dir(d)); err != nil {
 			return err
 		}
 	}
