@@ -296,17 +296,18 @@ type work struct {
 // commit once envelope AND receipt are out, so that a retry is answered
 // 250 only then (invariant 1), on any instance.
 func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction, d *dedupTx) (*Outcome, error) {
-	w, err := a.build(s, tx, d)
-	if err != nil {
-		return nil, err
-	}
-	a.Transactions.begin(w.t)
-	defer a.Transactions.end(w.t)
 	stopRenewal := func() {}
 	if d != nil && !d.unclaimed {
 		stopRenewal = a.keepLease(ctx, d)
 	}
 	defer func() { stopRenewal() }()
+	w, err := a.build(s, tx, d)
+	if err != nil {
+		a.release(ctx, &txn{claim: d})
+		return nil, err
+	}
+	a.Transactions.begin(w.t)
+	defer a.Transactions.end(w.t)
 	if err := a.writeAhead(ctx, w); err != nil {
 		return nil, err
 	}

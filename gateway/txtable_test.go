@@ -135,9 +135,11 @@ func setUpRow(t *testing.T, n *node, i int, r transition) *rowSetup {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := n.spool.Put(e); err == nil && mark != delivery.SpoolPending {
+		err = n.spool.Put(e)
+		if err == nil && mark != delivery.SpoolPending {
 			err = n.spool.Mark(id, mark)
-		} else if err != nil {
+		}
+		if err != nil {
 			t.Fatal(err)
 		}
 		tx.mark = mark

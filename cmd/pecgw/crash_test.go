@@ -41,6 +41,7 @@ type crashServer struct {
 	bin, cfg string
 	addrs    []string
 	out      *lockedBuffer // the output of every incarnation, in order
+	env      []string      // added to the environment of every incarnation
 
 	mu     sync.Mutex
 	proc   *crashProc
@@ -57,6 +58,9 @@ func (s *crashServer) start() error {
 	fmt.Fprintf(s.out, "=== pecgw serve, start %d\n", n)
 	cmd := exec.Command(s.bin, "serve", "--config", s.cfg)
 	cmd.Stdout, cmd.Stderr = s.out, s.out
+	if len(s.env) > 0 {
+		cmd.Env = append(os.Environ(), s.env...)
+	}
 	if err := cmd.Start(); err != nil {
 		return err
 	}

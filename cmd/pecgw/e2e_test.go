@@ -33,11 +33,13 @@ import (
 )
 
 // The pecgw binary, built once for the package's tests (TestMain removes it).
+// The binaries the tests run, built once: the one pecgw ships, and one
+// built with -tags pecgw_faults for the power-loss test (it can skip one
+// fsync, internal/durable).
 var (
-	binOnce sync.Once
-	binDir  string
-	binPath string
-	binErr  error
+	binMu    sync.Mutex
+	binDir   string
+	binPaths = map[string]string{}
 )
 
 func TestMain(m *testing.M) {
@@ -50,29 +52,45 @@ func TestMain(m *testing.M) {
 
 // pecgwBinary builds ./cmd/pecgw with the go command of the toolchain
 // running the tests, once.
-func pecgwBinary(t *testing.T) string {
+func pecgwBinary(t *testing.T) string { t.Helper(); return buildPecgw(t, "") }
+
+// buildPecgw builds ./cmd/pecgw with the build tags tags ("" for none),
+// once per tags.
+func buildPecgw(t *testing.T, tags string) string {
 	t.Helper()
-	binOnce.Do(func() {
-		binDir, binErr = os.MkdirTemp("", "pecgw-e2e-")
-		if binErr != nil {
-			return
+	binMu.Lock()
+	defer binMu.Unlock()
+	if p, ok := binPaths[tags]; ok {
+		if p == "" {
+			t.Fatal("go build failed before")
 		}
-		goTool := "go"
-		//lint:ignore SA1019 the go command of the toolchain running the tests, as go test puts it on PATH too
-		if p := filepath.Join(runtime.GOROOT(), "bin", "go"); runtime.GOROOT() != "" {
-			if _, err := os.Stat(p); err == nil {
-				goTool = p
-			}
-		}
-		binPath = filepath.Join(binDir, "pecgw")
-		if out, err := exec.Command(goTool, "build", "-o", binPath, ".").CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
+		return p
 	}
-	return binPath
+	if binDir == "" {
+		dir, err := os.MkdirTemp("", "pecgw-e2e-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		binDir = dir
+	}
+	goTool := "go"
+	//lint:ignore SA1019 the go command of the toolchain running the tests, as go test puts it on PATH too
+	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); runtime.GOROOT() != "" {
+		if _, err := os.Stat(p); err == nil {
+			goTool = p
+		}
+	}
+	path := filepath.Join(binDir, "pecgw"+strings.ReplaceAll(tags, ",", "-"))
+	args := []string{"build", "-o", path}
+	if tags != "" {
+		args = append(args, "-tags", tags)
+	}
+	binPaths[tags] = ""
+	if out, err := exec.Command(goTool, append(args, ".")...).CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	binPaths[tags] = path
+	return path
 }
 
 // runBin runs the binary to completion and returns its exit status,
@@ -649,7 +667,13 @@ func TestEndToEndBinary(t *testing.T) {
 // folder, the configuration, the CA and the two listener addresses.
 func setUpBinary(t *testing.T, domain, provider, user, password string) (dir, cfg, caFile, sub, smtps string) {
 	t.Helper()
-	dir = filepath.Join(t.TempDir(), "data")
+	return setUpBinaryIn(t, t.TempDir(), domain, provider, user, password)
+}
+
+// setUpBinaryIn is setUpBinary with the data folder root/data.
+func setUpBinaryIn(t *testing.T, root, domain, provider, user, password string) (dir, cfg, caFile, sub, smtps string) {
+	t.Helper()
+	dir = filepath.Join(root, "data")
 	sub, smtps = freeAddr(t), freeAddr(t)
 	if code, out, errOut := runBin(t, "", "init", "--dir", dir, "--domain", domain, "--provider-name", provider,
 		"--submission-addr", sub, "--smtps-addr", smtps); code != 0 {
