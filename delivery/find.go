@@ -50,8 +50,9 @@ const maxHeaderBytes = 256 << 10
 // HasMessage implements Finder: it scans the files of new/ and cur/ and
 // reads each one's header only (up to the blank line that ends it), after
 // the Return-Path and Delivered-To lines Deliver writes. The cost is one
-// open and a few reads per file in the folder: meant for start-up, not for
-// every transaction. A folder that does not exist yet holds nothing.
+// open and a few reads per file in the folder the first time (a delivered
+// file never changes, so what it holds is remembered by its name): meant
+// for start-up, not for every transaction. A folder that does not exist yet holds nothing.
 // Files in tmp/ are not delivered (Deliver links them into new/ last) and
 // are not looked at.
 func (md *Maildir) HasMessage(messageID string) (bool, error) {
@@ -72,12 +73,24 @@ func (md *Maildir) HasMessage(messageID string) (bool, error) {
 			if !e.Type().IsRegular() {
 				continue
 			}
-			id, err := headerMessageID(filepath.Join(dir, e.Name()))
+			path := filepath.Join(dir, e.Name())
+			if md.ids != nil {
+				if id, ok := md.ids.Load(path); ok {
+					if id == want {
+						return true, nil
+					}
+					continue
+				}
+			}
+			id, err := headerMessageID(path)
 			if errors.Is(err, fs.ErrNotExist) {
 				continue // moved from new/ to cur/ meanwhile by a reader
 			}
 			if err != nil {
 				return false, fmt.Errorf("delivery: maildir %s: %w", md.root, err)
+			}
+			if md.ids != nil {
+				md.ids.Store(path, id)
 			}
 			if id != "" && id == want {
 				return true, nil

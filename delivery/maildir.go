@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -39,13 +40,14 @@ type Maildir struct {
 	root  string
 	names *namer
 	w     safeio.Writer // test seam: failure injection
+	ids   *sync.Map     // HasMessage: file path -> Message-ID, of the files read (nil: none kept)
 }
 
 // NewMaildir returns a Target that delivers into the maildir at root. The
 // folders root/tmp, root/new and root/cur are created, durably, at the
 // first delivery, so that a missing folder is reported by Deliver.
 func NewMaildir(root string) *Maildir {
-	return &Maildir{root: root, names: newNamer(), w: safeio.Writer{Point: durable.Maildir}}
+	return &Maildir{root: root, names: newNamer(), w: safeio.Writer{Point: durable.Maildir}, ids: &sync.Map{}}
 }
 
 // Deliver writes m into new/. It returns nil only after the file is
@@ -148,7 +150,7 @@ func NewLocal(dataDir string) *Local {
 // message in the maildir <data>/outbound/, with a Delivered-To line for
 // every forward-path, for whatever relays them on to other providers.
 func (l *Local) Outbound() Target {
-	return &Maildir{root: filepath.Join(l.dataDir, "outbound"), names: l.names, w: l.w}
+	return &Maildir{root: filepath.Join(l.dataDir, "outbound"), names: l.names, w: l.w, ids: &sync.Map{}}
 }
 
 // Mailboxes returns the Target for receipts and notices: one file in the

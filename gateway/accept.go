@@ -334,13 +334,13 @@ func (a *Acceptor) build(s *Submission, tx pec.Transaction, d *dedupTx) (*work, 
 		return nil, err
 	}
 	rec := a.record(s, tx)
-	if d != nil && d.reused {
-		rec.Detail = "the client's Message-ID was accepted before with other content: certified as a new message"
-	}
 	rec.Type = logstore.EventBustaTrasporto
 	rec.SHA256 = sum(envData)
 	rec.Generated = &logstore.Generated{Envelope: envelope.MessageID, Receipt: receipt.MessageID}
 	t := &txn{id: tx.ID, rec: rec, key: rec.Dedup, claim: d, holdLess: d != nil && d.unclaimed}
+	if d != nil && d.reused {
+		t.base = "the client's Message-ID was accepted before with other content: certified as a new message"
+	}
 	return &work{t: t, at: tx.At, envelope: deliveryMessage(envelope, envData), receipt: deliveryMessage(receipt, receiptData)}, nil
 }
 

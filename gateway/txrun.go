@@ -32,9 +32,11 @@ type txn struct {
 	// when none is spooled (known after a restart, and in the periodic run).
 	entry *delivery.SpoolEntry
 	mark  delivery.SpoolState
-	// note says, for people, what the next record adds to its event: how a
-	// receipt came to be delivered, what the reconciliation found.
-	note string
+	// base is what every record of the session's transaction says first
+	// (a Message-ID accepted before with other content); note what the next
+	// record adds to its event: how a receipt came to be delivered, what
+	// the reconciliation found. Both for people only.
+	base, note string
 	// err is the failure that led to the event; it ends the detail.
 	err error
 	// unsettled: an action after the record (or of a re-assertion) could
@@ -136,7 +138,7 @@ func (a *Acceptor) logState(ctx context.Context, t *txn, row transition) error {
 // detail is what the record of event on says to people.
 func (t *txn) detail(on logstore.TxCause) string {
 	var parts []string
-	for _, p := range []string{t.rec.Detail, causeText[on], t.note} {
+	for _, p := range []string{t.base, causeText[on], t.note} {
 		if p != "" {
 			parts = append(parts, p)
 		}

@@ -42,6 +42,9 @@ type crashServer struct {
 	addrs    []string
 	out      *lockedBuffer // the output of every incarnation, in order
 	env      []string      // added to the environment of every incarnation
+	// startWait bounds how long an incarnation may take to listen (15 s
+	// when 0).
+	startWait time.Duration
 
 	mu     sync.Mutex
 	proc   *crashProc
@@ -49,7 +52,7 @@ type crashServer struct {
 }
 
 // start runs a new incarnation and waits until every listener accepts
-// connections (at most 15 s).
+// connections (at most startWait).
 func (s *crashServer) start() error {
 	s.mu.Lock()
 	s.starts++
@@ -69,7 +72,11 @@ func (s *crashServer) start() error {
 	s.mu.Lock()
 	s.proc = p
 	s.mu.Unlock()
-	deadline := time.Now().Add(15 * time.Second)
+	wait := s.startWait
+	if wait == 0 {
+		wait = 15 * time.Second
+	}
+	deadline := time.Now().Add(wait)
 	for _, addr := range s.addrs {
 		for {
 			c, err := net.DialTimeout("tcp", addr, time.Second)
@@ -83,7 +90,7 @@ func (s *crashServer) start() error {
 			default:
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("start %d: %s does not accept connections after 15 s: %v", n, addr, err)
+				return fmt.Errorf("start %d: %s does not accept connections after %v: %v", n, addr, wait, err)
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
