@@ -102,6 +102,21 @@ type Log struct {
 	CheckpointInterval time.Duration
 	MaxSegmentMB       int
 	RetentionMonths    int
+	Name               string // the log's name in its witnesses; "" = the host name (LogName)
+	WitnessDir         string // "" = no folder witness
+	WitnessRedis       string // "on" or "off"
+}
+
+// LogName is the log's name in its witnesses: log.name, or the host name.
+func (c *Config) LogName() string {
+	if c.Log.Name != "" {
+		return c.Log.Name
+	}
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "pecgw"
+	}
+	return strings.ToLower(h)
 }
 
 // Delivery says where finished messages go.
@@ -385,7 +400,17 @@ func (c *Config) LogOptions(signer logstore.CheckpointSigner) logstore.Options {
 		CheckpointInterval: c.Log.CheckpointInterval,
 		MaxSegmentSize:     int64(c.Log.MaxSegmentMB) << 20,
 		RetentionMonths:    c.Log.RetentionMonths,
+		Witnesses:          c.FolderWitnesses(),
 	}
+}
+
+// FolderWitnesses is the log's folder witness (log.witness_dir), if any.
+// The Redis witness is the dedup store's (dedup.Redis.Witness).
+func (c *Config) FolderWitnesses() []logstore.Witness {
+	if c.Log.WitnessDir == "" {
+		return nil
+	}
+	return []logstore.Witness{&logstore.FolderWitness{Dir: c.Log.WitnessDir, Name: c.LogName()}}
 }
 
 // CheckFiles reports every file or folder the configuration names that
@@ -405,6 +430,10 @@ func (c *Config) CheckFiles() error {
 		// logstore.Options.Dir: the log folder must exist, so a missing
 		// volume does not silently start a new log.
 		{"log.dir", c.Log.Dir, true},
+	}
+	if c.Log.WitnessDir != "" {
+		// Like the log folder: a missing volume is not a new witness.
+		wants = append(wants, want{"log.witness_dir", c.Log.WitnessDir, true})
 	}
 	if c.Directory.LDIF != "" {
 		wants = append(wants, want{"directory.ldif", c.Directory.LDIF, false})
@@ -433,7 +462,11 @@ func (c *Config) CheckFiles() error {
 			if w.dir {
 				what = "folder"
 			}
-			errs = append(errs, &KeyError{w.key, fmt.Errorf("%s %s does not exist", what, w.path)})
+			e := fmt.Errorf("%s %s does not exist", what, w.path)
+			if w.key == "log.witness_dir" {
+				e = fmt.Errorf("%w: create it, on another volume than log.dir (docs/logformat.md, \"Witnesses\"), or set log.witness_dir = \"\" to run without a witness", e)
+			}
+			errs = append(errs, &KeyError{w.key, e})
 		case err != nil:
 			errs = append(errs, &KeyError{w.key, err})
 		case w.dir && !fi.IsDir():

@@ -73,6 +73,7 @@ func TestDefaultsLoad(t *testing.T) {
 	want.Signing.Cert = filepath.Join(dir, "pki/signing.pem")
 	want.Users.File = filepath.Join(dir, "users")
 	want.Log.Dir = filepath.Join(dir, "log")
+	want.Log.WitnessDir = filepath.Join(dir, "witness")
 	want.Delivery.Maildir = dir
 	want.Dedup.Dir = filepath.Join(dir, "dedup")
 	want.Delivery.Spool = filepath.Join(dir, "spool")
@@ -104,7 +105,8 @@ func TestRoundTrip(t *testing.T) {
 			MaxConnectionsPerIP: 5, CommandTimeout: 6 * time.Minute, DataTimeout: 90 * time.Second, AuthFailuresBeforeDelay: 2,
 			AuthLockoutFailures: 5, AuthLockout: time.Hour, MinAuthTime: 50 * time.Millisecond},
 		Users: Users{File: abs("u/users")},
-		Log:   Log{Dir: abs("l"), CheckpointEvery: 10, CheckpointInterval: 30 * time.Second, MaxSegmentMB: 64, RetentionMonths: 36},
+		Log: Log{Dir: abs("l"), CheckpointEvery: 10, CheckpointInterval: 30 * time.Millisecond, MaxSegmentMB: 64, RetentionMonths: 36,
+			Name: "mx-2", WitnessDir: abs("w"), WitnessRedis: "off"},
 		Delivery: Delivery{Mode: "smtp", Maildir: abs("m"), Spool: abs("sp"),
 			Envelopes: Envelopes{Address: "mta.example.it:25", TLS: "implicit", ServerName: "mta.example.it", Username: "pecgw", PasswordFile: abs("pw")},
 			Receipts:  Receipts{Protocol: "smtp", Address: "unix:" + abs("lmtp.sock")}},
@@ -410,13 +412,13 @@ dir = "a/b"
 		t.Fatal(err)
 	}
 	_, keys := problems(t, c.CheckFiles())
-	want := []string{"tls.cert", "tls.key", "signing.key", "signing.cert", "users.file", "log.dir", "directory.ldif", "dedup.dir"}
+	want := []string{"tls.cert", "tls.key", "signing.key", "signing.cert", "users.file", "log.dir", "log.witness_dir", "directory.ldif", "dedup.dir"}
 	if !slices.Equal(keys, want) {
 		t.Errorf("keys %v, want %v", keys, want)
 	}
 
 	dir := filepath.Dir(path)
-	for _, d := range []string{"pki", "nowhere", "log", "a", "index.ldif"} {
+	for _, d := range []string{"pki", "nowhere", "log", "witness", "a", "index.ldif"} {
 		if err := os.Mkdir(filepath.Join(dir, d), 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -446,15 +448,25 @@ type nopSigner struct{}
 func (nopSigner) SignDetached([]byte, time.Time) ([]byte, error) { return nil, nil }
 
 func TestLogOptions(t *testing.T) {
-	c, err := Load(writeConfig(t, minimal+"[log]\ncheckpoint_every = 7\ncheckpoint_interval = \"2m\"\nmax_segment_mb = 3\nretention_months = 40\n"))
+	c, err := Load(writeConfig(t, minimal+"[log]\ncheckpoint_every = 7\ncheckpoint_interval = \"200ms\"\nmax_segment_mb = 3\nretention_months = 40\nname = \"mx-1\"\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := c.LogOptions(nopSigner{})
-	want := logstore.Options{Dir: filepath.Join(filepath.Dir(c.File), "log"), Signer: nopSigner{}, Provider: "Example PEC S.p.A.",
-		CheckpointEvery: 7, CheckpointInterval: 2 * time.Minute, MaxSegmentSize: 3 << 20, RetentionMonths: 40}
+	dir := filepath.Dir(c.File)
+	want := logstore.Options{Dir: filepath.Join(dir, "log"), Signer: nopSigner{}, Provider: "Example PEC S.p.A.",
+		CheckpointEvery: 7, CheckpointInterval: 200 * time.Millisecond, MaxSegmentSize: 3 << 20, RetentionMonths: 40,
+		Witnesses: []logstore.Witness{&logstore.FolderWitness{Dir: filepath.Join(dir, "witness"), Name: "mx-1"}}}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("LogOptions = %+v, want %+v", got, want)
+	}
+	// A minute between checkpoints was the default of record format 2's
+	// first release: records must no longer stay unsigned that long.
+	if _, err := Load(writeConfig(t, minimal+"[log]\ncheckpoint_interval = \"1m\"\n")); err == nil || !strings.Contains(err.Error(), "log.checkpoint_interval: must be between 1ms and 1s") {
+		t.Errorf("checkpoint_interval = 1m: %v", err)
+	}
+	if _, err := Load(writeConfig(t, minimal+"[log]\nname = \"../x\"\n")); err == nil || !strings.Contains(err.Error(), "log.name") {
+		t.Errorf("name = ../x: %v", err)
 	}
 }
 

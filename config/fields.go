@@ -101,10 +101,18 @@ func (c *Config) fields() []field {
 			str(&c.Users.File, "users"), required(&c.Users.File)},
 
 		{"log.dir", "Folder of the transaction log; it must exist.", true, str(&c.Log.Dir, "log"), required(&c.Log.Dir)},
-		{"log.checkpoint_every", "Records between signed checkpoints.", false,
+		{"log.checkpoint_every", "Most records waiting for the signed checkpoint that covers them: appends wait beyond it.", false,
 			intv(&c.Log.CheckpointEvery, 1000), between(&c.Log.CheckpointEvery, 1, 1_000_000)},
-		{"log.checkpoint_interval", "Time between signed checkpoints, if records were appended.", false,
-			dur(&c.Log.CheckpointInterval, time.Minute), durBetween(&c.Log.CheckpointInterval, time.Second, 24*time.Hour)},
+		// docs/logformat.md, "Checkpoints": every batch is signed, at most
+		// this long after the one before; nothing stays unsigned longer.
+		{"log.checkpoint_interval", "Least time between two signed checkpoints: a record is signed at most this long (and one signature) after it is written.", false,
+			dur(&c.Log.CheckpointInterval, logstore.DefaultCheckpointInterval), durBetween(&c.Log.CheckpointInterval, time.Millisecond, logstore.MaxCheckpointInterval)},
+		{"log.name", "Name of this instance's log in its witnesses (the witness file, the Redis key); \"\" means the host name.", false,
+			str(&c.Log.Name, ""), func() error { return witnessName(c.Log.Name) }},
+		{"log.witness_dir", "Folder that keeps the log's latest signed checkpoint (its witness): put it on another volume than log.dir; \"\" disables it (not recommended).", true,
+			str(&c.Log.WitnessDir, "witness"), nil},
+		{"log.witness_redis", "\"on\": with dedup.store = \"redis\", Redis keeps a witness of the log too (key pecgw:log-head:<log.name>); \"off\".", false,
+			str(&c.Log.WitnessRedis, "on"), oneOf(&c.Log.WitnessRedis, "on", "off")},
 		{"log.max_segment_mb", "MiB of records in a segment before it is sealed.", false,
 			intv(&c.Log.MaxSegmentMB, 256), between(&c.Log.MaxSegmentMB, 1, 65536)},
 		// RFC 6109 §2.3 and DPR 68/2005: the log is kept 30 months.

@@ -295,3 +295,13 @@ func receiptsAddress(s string) error {
 	}
 	return hostPort(s, true)
 }
+
+// witnessName checks log.name: it names a file and a Redis key.
+func witnessName(s string) error {
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') || s == "." || s == ".." {
+			return fmt.Errorf("must be letters, digits, '-', '_' and '.', got %q", s)
+		}
+	}
+	return nil
+}

@@ -30,21 +30,37 @@ type CheckpointSigner interface {
 // Options configures a Log. Zero values take the defaults written beside
 // each field.
 type Options struct {
-	Dir                string           // the log folder; it must exist (a missing volume must not start a new log)
-	Signer             CheckpointSigner // required: signs checkpoints, seals and purge tombstones
-	Provider           string           // provider name (gestore, RFC 6109 §2.3 item 8), written in the log's own records
-	CheckpointEvery    int              // records between checkpoints; default 1000
-	CheckpointInterval time.Duration    // time between checkpoints, if records were appended since the last; default 1 minute
-	MaxSegmentSize     int64            // octets of records in a segment before it is sealed; default 256 MiB
-	RetentionMonths    int              // default 30; less than 30 is an error (RFC 6109 §2.3)
-	Now                func() time.Time // default time.Now
-	Warn               func(msg string) // non-fatal problems (index not written, checkpoint not signed); nil = ignore
+	Dir      string           // the log folder; it must exist (a missing volume must not start a new log)
+	Signer   CheckpointSigner // required: signs checkpoints, seals and purge tombstones
+	Provider string           // provider name (gestore, RFC 6109 §2.3 item 8), written in the log's own records
+	// CheckpointInterval is the least time between two checkpoint
+	// signatures: a record is covered by a signed checkpoint at most
+	// CheckpointInterval plus one signature and one fsync after its Append
+	// returned (docs/logformat.md, "Checkpoints"). Default 10ms; at most 1s.
+	CheckpointInterval time.Duration
+	// CheckpointEvery bounds the records not yet covered by a checkpoint:
+	// the writer waits for the signature in flight rather than go beyond
+	// it. Default 1000.
+	CheckpointEvery int
+	MaxSegmentSize  int64            // octets of records in a segment before it is sealed; default 256 MiB
+	RetentionMonths int              // default 30; less than 30 is an error (RFC 6109 §2.3)
+	Now             func() time.Time // default time.Now
+	Warn            func(msg string) // non-fatal problems (index not written, checkpoint not signed); nil = ignore
+	// Witnesses keep the latest signed checkpoint outside the log folder
+	// (witness.go). Open refuses a log behind any of them; each is written
+	// after the checkpoint is on disk, never before.
+	Witnesses []Witness
+	// Broken is called once when a write or fsync fails and the log stops
+	// taking records; Healed once when it took them again (heal.go).
+	Broken func(err error)
+	Healed func(detail string)
 }
 
 // Defaults of Options.
 const (
 	DefaultCheckpointEvery    = 1000
-	DefaultCheckpointInterval = time.Minute
+	DefaultCheckpointInterval = 10 * time.Millisecond
+	MaxCheckpointInterval     = time.Second
 	DefaultMaxSegmentSize     = 256 << 20
 	// MinRetentionMonths is the legal minimum: RFC 6109 §2.3 and DPR
 	// 68/2005 keep the log 30 months.
@@ -68,8 +84,8 @@ func (o Options) withDefaults() (Options, error) {
 	if o.CheckpointInterval == 0 {
 		o.CheckpointInterval = DefaultCheckpointInterval
 	}
-	if o.CheckpointInterval < 0 {
-		errs = append(errs, fmt.Errorf("log: CheckpointInterval %s is negative", o.CheckpointInterval))
+	if o.CheckpointInterval < 0 || o.CheckpointInterval > MaxCheckpointInterval {
+		errs = append(errs, fmt.Errorf("log: CheckpointInterval %s is not between 0 and %s (records must not stay unsigned longer)", o.CheckpointInterval, MaxCheckpointInterval))
 	}
 	if o.MaxSegmentSize == 0 {
 		o.MaxSegmentSize = DefaultMaxSegmentSize
@@ -96,14 +112,17 @@ func (o Options) withDefaults() (Options, error) {
 //
 // Every record goes through one writer goroutine (group commit): it takes
 // all the records queued, gives them their seq and prev, writes them with
-// one write(2) and one fsync, and only then releases their Appends.
+// one write(2) and one fsync, and only then releases their Appends. The
+// head so written is signed in the background and its checkpoint goes
+// into the next write (sign.go): nothing stays unsigned at rest longer
+// than CheckpointInterval and one signature.
 //
-// After a failed write or fsync the Log is broken for good: every later
-// Append fails, and only a new Open (which checks and, if needed, cuts
-// the tail of the file) continues. Retrying an fsync after a failure is
-// wrong: Linux may have dropped the dirty pages and cleared the error,
-// so a second fsync "succeeds" over lost data (the PostgreSQL fsync-gate,
-// 2018).
+// After a failed write or fsync the Log does not go on blindly: Appends
+// fail until it has cut what was written after the last good fsync and
+// read its files again as a start does (heal.go). Retrying the fsync
+// itself is wrong: Linux may have dropped the dirty pages and cleared the
+// error, so a second fsync "succeeds" over lost data (the PostgreSQL
+// fsync-gate, 2018).
 type Log struct {
 	o    Options
 	lock *os.File
@@ -132,10 +151,26 @@ type Log struct {
 	segRecords int    // records in the active segment, written or in buf
 	seq        uint64 // seq of the last record, written or in buf
 	head       string // hash of the last record, written or in buf
-	since      int    // records since the last checkpoint (or seal, or purge tombstone)
-	lastCk     time.Time
 	buf        []byte
-	signFailed bool // a checkpoint or seal could not be signed in this batch: retry at the next one
+	// The signed records (sign.go): the seq of the last one and the seq
+	// it certifies (upto); the records after upto are not yet covered.
+	signedSeq, signedUpto uint64
+	signedLine            []byte // the last signed record's line, for the witnesses
+	gen                   uint64 // bumped by a seal, a purge, a heal: a signature started before is stale
+	signing               bool   // a checkpoint signature is in flight
+	sigDone               chan sigResult
+	lastSign              time.Time // monotonic: when the last checkpoint signature started
+	signFailing           bool      // the last signature failed (warned once)
+	readyCk               *Record   // a signed checkpoint to write first in the next batch
+	startNote             string    // said by the first checkpoint when Open found the tail unsigned
+	// The octets known durable: the file and its size at the last good
+	// fsync. A heal cuts what follows.
+	durSeg string
+	durOff int64
+	// Heal state (heal.go).
+	failedAt  time.Time
+	healDelay time.Duration
+	witness   *witnessWriter
 }
 
 // request is one record waiting for the writer.
@@ -223,12 +258,28 @@ func Open(o Options) (*Log, error) {
 		head: GenesisPrev,
 	}
 	l.pool.New = newRequest
-	l.lastCk = o.Now()
+	l.sigDone = make(chan sigResult, 1)
+	l.witness = newWitnessWriter(l)
 	if err := l.recover(); err != nil {
 		l.indexWG.Wait()
 		l.closeFiles()
 		return nil, err
 	}
+	if err := l.checkWitnesses(); err != nil {
+		l.indexWG.Wait()
+		l.closeFiles()
+		return nil, err
+	}
+	if l.tailUnsigned() {
+		// A stop between a batch and its checkpoint (a crash), or a log of
+		// a pecgw that signed only every CheckpointEvery records: the first
+		// checkpoint says so (a record appended by someone with the disk
+		// but not the key would be signed too: the witness, checked above,
+		// and this note are what tells them apart).
+		l.startNote = fmt.Sprintf("at start: records %d..%d were not covered by a signed checkpoint (the log was stopped between a write and its checkpoint, or written by an older pecgw); signed now", l.signedUpto+1, l.seq)
+	}
+	l.witness.start()
+	l.lastSign = time.Now() // the first checkpoint comes CheckpointInterval after the start
 	go l.writer()
 	return l, nil
 }
@@ -338,10 +389,26 @@ const maxChainPrefix = len(`{"seq":18446744073709551615,"prev":"`) + 64 + 1
 func encodeTail(req *request, r *Record) ([]byte, error) {
 	c := Canonical(r)
 	c.Seq, c.Prev, c.V = 0, "", FormatVersion
+	fit(&c)
 	if err := checkFormat(&c); err != nil {
 		return nil, fmt.Errorf("log record: %w", err)
 	}
-	if err := req.enc.Encode(&c); err != nil {
+	tail, err := encodeOnce(req, &c)
+	if err == errTooLong && len(c.Recipients) > 0 {
+		allRecipientsCut(&c, Canonical(r).Recipients)
+		tail, err = encodeOnce(req, &c)
+	}
+	if err == errTooLong {
+		return nil, fmt.Errorf("log record: more than %d octets with every value cut (unreachable)", MaxLine)
+	}
+	return tail, err
+}
+
+var errTooLong = errors.New("log record too long")
+
+func encodeOnce(req *request, c *Record) ([]byte, error) {
+	req.encBuf.Reset()
+	if err := req.enc.Encode(c); err != nil {
 		return nil, fmt.Errorf("log record: %w", err)
 	}
 	b := req.encBuf.Bytes()
@@ -350,7 +417,7 @@ func encodeTail(req *request, r *Record) ([]byte, error) {
 	}
 	tail := b[len(chainPrefix):]
 	if len(tail)+maxChainPrefix > MaxLine {
-		return nil, fmt.Errorf("log record: about %d octets, more than %d", len(tail)+maxChainPrefix, MaxLine)
+		return nil, errTooLong
 	}
 	return tail, nil
 }
@@ -361,9 +428,9 @@ func (l *Log) enqueue(req *request) error {
 		l.mu.Unlock()
 		return ErrClosed
 	}
-	if l.broken != nil {
+	if err := l.broken; err != nil {
 		l.mu.Unlock()
-		return l.broken
+		return err
 	}
 	l.queue = append(l.queue, req)
 	l.mu.Unlock()
@@ -444,16 +511,43 @@ func (l *Log) warn(format string, args ...any) {
 // writer is the single goroutine that writes the log.
 func (l *Log) writer() {
 	defer close(l.done)
-	timer := time.NewTimer(l.o.CheckpointInterval)
-	defer timer.Stop()
+	defer l.witness.stop()
+	// The day is checked at every batch and, when the log is quiet, every
+	// second: a quiet day's segment is still sealed soon after midnight.
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	spacing := time.NewTimer(time.Hour)
+	spacing.Stop()
+	heal := time.NewTimer(time.Hour)
+	heal.Stop()
+	l.scheduleSign(spacing)
 	for {
 		final := false
-		select {
-		case <-l.wake:
-		case <-timer.C:
-			timer.Reset(l.o.CheckpointInterval)
-		case <-l.stop:
-			final = true
+		var res *sigResult
+		if l.signing && l.uncovered() >= uint64(l.o.CheckpointEvery) && l.broken == nil {
+			// CheckpointEvery records wait for their checkpoint: take no
+			// more until it is here.
+			select {
+			case r := <-l.sigDone:
+				res = &r
+			case <-l.stop:
+				final = true
+			}
+		} else {
+			select {
+			case <-l.wake:
+			case <-tick.C:
+			case r := <-l.sigDone:
+				res = &r
+			case <-spacing.C:
+			case <-heal.C:
+				l.tryHeal(heal)
+			case <-l.stop:
+				final = true
+			}
+		}
+		if res != nil {
+			l.takeSignature(*res)
 		}
 		l.mu.Lock()
 		batch := l.queue
@@ -467,23 +561,28 @@ func (l *Log) writer() {
 			}
 		}
 		l.mu.Unlock()
+		wasBroken := l.broken != nil
 		l.commit(batch[:n])
 		clear(batch[:cap(batch)])
 		l.mu.Lock()
 		l.spare = batch[:0]
 		l.mu.Unlock()
+		if l.broken != nil && !wasBroken {
+			l.startHealing(heal)
+		}
 		if final {
+			l.finish()
 			return
 		}
+		l.scheduleSign(spacing)
 	}
 }
 
-// commit writes batch (possibly empty: a timer tick) and releases its
-// requests. Rules applied, in order: a segment whose Italian day is over
-// is sealed; each record goes to the active segment, which is sealed
-// first if the record would take it over MaxSegmentSize; a checkpoint
-// follows every CheckpointEvery records, or closes the batch when
-// CheckpointInterval has passed since the last one.
+// commit writes batch (possibly empty: a timer tick, a signature ready)
+// and releases its requests. Rules applied, in order: a segment whose
+// Italian day is over is sealed; a signed checkpoint ready goes first;
+// each record goes to the active segment, which is sealed first if the
+// record would take it over MaxSegmentSize.
 func (l *Log) commit(batch []*request) {
 	if l.broken != nil { // only this goroutine sets it
 		for _, r := range batch {
@@ -493,7 +592,6 @@ func (l *Log) commit(batch []*request) {
 		return
 	}
 	now := l.o.Now()
-	l.signFailed = false
 	err := l.commitRecords(batch, now)
 	if err == nil {
 		err = l.flush()
@@ -514,7 +612,7 @@ func (l *Log) breakLog(err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.broken == nil {
-		l.broken = fmt.Errorf("log broken, no more records are accepted until it is reopened: %w", err)
+		l.broken = fmt.Errorf("log broken, no records are accepted until it has healed: %w", err)
 	}
 	for _, r := range l.queue {
 		if r.state == reqQueued {
@@ -533,19 +631,16 @@ func (l *Log) commitRecords(batch []*request, now time.Time) error {
 			return err
 		}
 	}
+	if ck := l.readyCk; ck != nil {
+		l.readyCk = nil
+		if err := l.addCheckpoint(ck); err != nil {
+			return err
+		}
+	}
 	for _, r := range batch {
 		if err := l.addRequest(r, now); err != nil {
 			return err
 		}
-		if l.o.CheckpointEvery > 0 && l.since >= l.o.CheckpointEvery && !l.signFailed {
-			if _, err := l.addSigned(EventCheckpoint, now, nil); err != nil {
-				return err
-			}
-		}
-	}
-	if l.since > 0 && l.f != nil && !l.signFailed && now.Sub(l.lastCk) >= l.o.CheckpointInterval {
-		_, err := l.addSigned(EventCheckpoint, now, nil)
-		return err
 	}
 	return nil
 }
@@ -588,7 +683,6 @@ func (l *Log) addRequest(r *request, now time.Time) error {
 	r.prev = l.head
 	l.addLine(line)
 	r.seq, r.hash = l.seq, l.head
-	l.since++
 	return nil
 }
 
@@ -618,7 +712,7 @@ func (l *Log) addLine(line []byte) {
 // the line would take it over MaxSegmentSize (a segment with no record
 // takes any line).
 func (l *Log) ensureRoom(now time.Time, n int64) error {
-	if l.f != nil && l.segRecords > 0 && l.segSize+n > l.o.MaxSegmentSize && !l.signFailed {
+	if l.f != nil && l.segRecords > 0 && l.segSize+n > l.o.MaxSegmentSize {
 		if err := l.rotate(now, true); err != nil {
 			return err
 		}
@@ -629,12 +723,12 @@ func (l *Log) ensureRoom(now time.Time, n int64) error {
 	return nil
 }
 
-// addSigned appends a checkpoint, seal or purge record certifying the
-// current head: Head = hash of the record before, Upto = its seq,
-// Signed = CheckpointText, Sig = the CMS signature of Signed. tmpl holds
-// the other fields (purge: Files, Detail). A signing failure is not
-// fatal: it is reported through Warn and nil is returned; the next batch
-// tries again.
+// addSigned appends a seal or purge record (or, at Close, a
+// checkpoint) certifying the current head, signed here and now: Head =
+// hash of the record before, Upto = its seq, Signed = CheckpointText,
+// Sig = the CMS signature of Signed. tmpl holds the other fields (purge:
+// Files, Detail). A signing failure is not fatal: it is reported through
+// Warn and nil is returned; the next batch tries again.
 func (l *Log) addSigned(kind Event, now time.Time, tmpl *Record) (*Record, error) {
 	if l.f == nil {
 		if err := l.createSegment(now); err != nil {
@@ -645,7 +739,6 @@ func (l *Log) addSigned(kind Event, now time.Time, tmpl *Record) (*Record, error
 	text := CheckpointText(kind, l.seq, l.head, at)
 	der, err := l.o.Signer.SignDetached([]byte(text), at)
 	if err != nil {
-		l.signFailed = true
 		l.warn("log: %s at seq %d not written: signing failed: %v", kind, l.seq+1, err)
 		return nil, nil
 	}
@@ -656,14 +749,24 @@ func (l *Log) addSigned(kind Event, now time.Time, tmpl *Record) (*Record, error
 	r.Seq, r.Prev, r.V = l.seq+1, l.head, FormatVersion
 	r.Time, r.Type, r.Provider = at.Format(time.RFC3339), kind, l.o.Provider
 	r.Head, r.Upto, r.Signed, r.Sig = l.head, l.seq, text, base64.StdEncoding.EncodeToString(der)
-	line, err := Encode(r)
-	if err != nil {
+	if err := l.addSignedLine(r); err != nil {
 		return nil, err
 	}
-	l.addLine(line)
-	l.since = 0
-	l.lastCk = now
+	l.gen++ // a checkpoint signed before this record is stale
 	return r, nil
+}
+
+// addSignedLine appends a signed record (Seq, Prev and the signed
+// fields set) and notes it as the last signed record.
+func (l *Log) addSignedLine(r *Record) error {
+	line, err := Encode(r)
+	if err != nil {
+		return err
+	}
+	l.addLine(line)
+	l.signedSeq, l.signedUpto = r.Seq, r.Upto
+	l.signedLine = line
+	return nil
 }
 
 // flush writes the buffer to the active segment with one write(2) and
@@ -681,6 +784,10 @@ func (l *Log) flush() error {
 	}
 	if err := durable.Sync(durable.LogAppend, l.f); err != nil {
 		return fmt.Errorf("fsync %s: %w", l.segName, err)
+	}
+	l.durSeg, l.durOff = l.segName, l.segSize
+	if l.signedLine != nil {
+		l.witness.offer(l.signedSeq, l.signedLine) // on disk: the witnesses may have it
 	}
 	if cap(l.buf) > 4<<20 {
 		l.buf = nil
@@ -743,6 +850,7 @@ func (l *Log) finishSeal() error {
 		return fmt.Errorf("close %s: %w", name, err)
 	}
 	l.f = nil
+	l.durSeg = "" // sealed: nothing of it is ever cut
 	if err := syncDir(l.o.Dir); err != nil {
 		return err
 	}
@@ -780,6 +888,7 @@ func (l *Log) createSegment(now time.Time) error {
 		return err
 	}
 	l.f, l.segName, l.segDay, l.segSize, l.segRecords = f, name, romeDay(now), 0, 0
+	l.durSeg, l.durOff = name, 0
 	return nil
 }
 

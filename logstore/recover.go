@@ -67,11 +67,12 @@ func (l *Log) recover() error {
 	if last.Sealed {
 		// Rotation sealed it and a crash (or a quiet night) came before the
 		// next segment: the next record starts a new one.
-		seq, head, err := readSeal(dir, last)
+		seq, head, line, err := readSeal(dir, last)
 		if err != nil {
 			return err
 		}
 		l.seq, l.head = seq, head
+		l.signedSeq, l.signedUpto, l.signedLine = seq, seq-1, line
 		l.indexIfMissing(last.Name)
 		return nil
 	}
@@ -80,9 +81,10 @@ func (l *Log) recover() error {
 	// unmodified, so the chain must run across files).
 	havePrev := false
 	prevSeq, prevHash := uint64(0), GenesisPrev
+	var prevLine []byte
 	if len(segs) >= 2 {
 		p := segs[len(segs)-2]
-		prevSeq, prevHash, err = readSeal(dir, p)
+		prevSeq, prevHash, prevLine, err = readSeal(dir, p)
 		if err != nil {
 			return err
 		}
@@ -105,12 +107,15 @@ func (l *Log) recover() error {
 	expected, head := last.First, prevHash
 	var (
 		records  int
-		since    int
 		lastType Event
-		badOff   int64 = -1
-		badWhy   string
-		endOff   int64
-		format   int // the highest record format read so far
+		// The last signed record: the seal of the segment before, until
+		// one is read here.
+		signedSeq, signedUpto       = prevSeq, prevSeq - min(prevSeq, 1)
+		signedLine                  = prevLine
+		badOff                int64 = -1
+		badWhy                string
+		endOff                int64
+		format                int // the highest record format read so far
 	)
 	err = walkLines(rf, func(off int64, line []byte, complete, tooLong bool) error {
 		if badOff >= 0 {
@@ -156,11 +161,8 @@ func (l *Log) recover() error {
 		head = Hash(line)
 		expected++
 		records++
-		switch r.Type {
-		case EventCheckpoint, EventSeal, EventPurge:
-			since = 0
-		default:
-			since++
+		if r.Type.signed() {
+			signedSeq, signedUpto, signedLine = r.Seq, r.Upto, append([]byte(nil), line...)
 		}
 		lastType = r.Type
 		endOff = off + int64(len(line))
@@ -180,7 +182,8 @@ func (l *Log) recover() error {
 	if badOff >= 0 && lastType == EventSeal {
 		return &DamageError{Segment: last.Name, Offset: badOff, Seq: expected, Problem: badWhy + " after the seal of the segment"}
 	}
-	l.seq, l.head, l.since = expected-1, head, since
+	l.seq, l.head = expected-1, head
+	l.signedSeq, l.signedUpto, l.signedLine = signedSeq, signedUpto, signedLine
 
 	if lastType == EventSeal {
 		// A crash between writing the seal and making the file read-only:
@@ -198,6 +201,7 @@ func (l *Log) recover() error {
 		return fmt.Errorf("log segment: %w", err)
 	}
 	l.f, l.segName, l.segDay, l.segSize, l.segRecords = f, last.Name, last.Day, endOff, records
+	l.durSeg, l.durOff = last.Name, endOff
 	if badOff < 0 {
 		return nil
 	}
@@ -237,26 +241,26 @@ func (l *Log) cutTornTail(rf *os.File, off int64, why string) error {
 }
 
 // readSeal reads the last line of a segment that must end with its seal
-// and returns the seal's seq and hash.
-func readSeal(dir string, s SegmentFile) (uint64, string, error) {
+// and returns the seal's seq, hash and line.
+func readSeal(dir string, s SegmentFile) (uint64, string, []byte, error) {
 	off, line, err := lastLine(filepath.Join(dir, s.Name))
 	if err != nil {
-		return 0, "", fmt.Errorf("log segment %s: %w", s.Name, err)
+		return 0, "", nil, fmt.Errorf("log segment %s: %w", s.Name, err)
 	}
 	if len(line) == 0 {
-		return 0, "", &DamageError{Segment: s.Name, Seq: s.First, Problem: "sealed segment is empty"}
+		return 0, "", nil, &DamageError{Segment: s.Name, Seq: s.First, Problem: "sealed segment is empty"}
 	}
 	if line[len(line)-1] != '\n' {
-		return 0, "", &DamageError{Segment: s.Name, Offset: off, Seq: s.First, Problem: "sealed segment ends with an incomplete line (truncated)"}
+		return 0, "", nil, &DamageError{Segment: s.Name, Offset: off, Seq: s.First, Problem: "sealed segment ends with an incomplete line (truncated)"}
 	}
 	r, err := Decode(line)
 	if err != nil {
-		return 0, "", &DamageError{Segment: s.Name, Offset: off, Seq: s.First, Problem: "last record of a sealed segment: " + err.Error()}
+		return 0, "", nil, &DamageError{Segment: s.Name, Offset: off, Seq: s.First, Problem: "last record of a sealed segment: " + err.Error()}
 	}
 	if r.Type != EventSeal {
-		return 0, "", &DamageError{Segment: s.Name, Offset: off, Seq: r.Seq, Problem: "sealed segment does not end with a seal record (truncated)"}
+		return 0, "", nil, &DamageError{Segment: s.Name, Offset: off, Seq: r.Seq, Problem: "sealed segment does not end with a seal record (truncated)"}
 	}
-	return r.Seq, Hash(line), nil
+	return r.Seq, Hash(line), line, nil
 }
 
 // lastLine returns the last line of a file and its offset; the line

@@ -53,19 +53,20 @@ func TestRecoverTornTail(t *testing.T) {
 			var warned []string
 			o.Warn = func(m string) { warned = append(warned, m) }
 			l := openLog(t, o)
-			done := appendN(t, l, 1, 5, clock.Now())
-			closeLog(t, l)
+			appendN(t, l, 1, 5, clock.Now())
+			closeLog(t, l) // records 1-5, the checkpoint of Close 6
 			path := activeSegment(t, o.Dir)
 			before, _ := os.ReadFile(path)
+			last := readLog(t, o.Dir)[5]
 			next := sampleAcceptance(6, clock.Now())
-			next.Seq, next.Prev = 6, done[4].hash
+			next.Seq, next.Prev = 7, Hash(last.line)
 			line, _ := Encode(next)
 			tail := tc.tail(line)
 			appendBytes(t, path, tail)
 
 			l = openLog(t, o)
 			seq, _, err := l.Append(context.Background(), sampleAcceptance(7, clock.Now()))
-			if err != nil || seq != 7 {
+			if err != nil || seq != 8 {
 				t.Fatalf("Append after recovery: seq %d, %v", seq, err)
 			}
 			closeLog(t, l)
@@ -74,11 +75,12 @@ func TestRecoverTornTail(t *testing.T) {
 				t.Fatal("recovery changed the records before the torn tail")
 			}
 			lines := readLog(t, o.Dir)
-			tt := lines[5].rec
+			tt := lines[6].rec
 			sum := sha256.Sum256(tail)
 			wantDetail := fmt.Sprintf("cut %d octets at offset %d of %s, sha256 %s", len(tail), len(before), filepath.Base(path), hex.EncodeToString(sum[:]))
-			if len(lines) != 7 || tt.Type != EventTornTail || tt.Seq != 6 || !strings.HasPrefix(tt.Detail, wantDetail) {
-				t.Fatalf("after recovery: %d records; record 6: %s\nwant detail %s", len(lines), lines[5].line, wantDetail)
+			// 1-5, checkpoint 6, torn-tail 7, record 8, checkpoint 9.
+			if len(lines) != 9 || tt.Type != EventTornTail || tt.Seq != 7 || !strings.HasPrefix(tt.Detail, wantDetail) {
+				t.Fatalf("after recovery: %d records; record 7: %s\nwant detail %s", len(lines), lines[6].line, wantDetail)
 			}
 			if len(warned) != 1 || !strings.Contains(warned[0], wantDetail) {
 				t.Errorf("warnings %q", warned)

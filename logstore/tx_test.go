@@ -31,8 +31,8 @@ func TestAppendWritesFormat2(t *testing.T) {
 	}
 	closeLog(t, l)
 	lines := readLog(t, o.Dir)
-	if len(lines) != 1 {
-		t.Fatalf("%d lines", len(lines))
+	if len(lines) != 2 || lines[1].rec.Type != EventCheckpoint {
+		t.Fatalf("%d lines, want the record and the checkpoint of Close", len(lines))
 	}
 	line := string(lines[0].line)
 	for _, want := range []string{`"prev":"` + GenesisPrev + `","v":2,"time":`, `"state":"receipt-owed","cause":"receipt-failed","dedup":{"id":"` + testID + `","fp":"` + testFP + `"}`} {
@@ -120,17 +120,17 @@ func TestDecodeFormats(t *testing.T) {
 func TestVerifyRefusesAnOlderFormatAfterANewer(t *testing.T) {
 	o, clock := testOptions(t, "")
 	l := openLog(t, o)
-	done := appendN(t, l, 1, 2, clock.Now())
-	closeLog(t, l)
-	old := sampleAcceptance(3, clock.Now())
-	old.Seq, old.Prev = 3, done[1].hash
+	appendN(t, l, 1, 2, clock.Now())
+	closeLog(t, l) // and the checkpoint of Close, seq 3
+	old := sampleAcceptance(4, clock.Now())
+	old.Seq, old.Prev = 4, Hash(readLog(t, o.Dir)[2].line)
 	line, err := Encode(old)
 	if err != nil {
 		t.Fatal(err)
 	}
 	appendBytes(t, activeSegment(t, o.Dir), line)
 	rep, err := Verify(o.Dir, nil)
-	if err != nil || rep.Problem == nil || rep.Problem.Seq != 3 || !strings.Contains(rep.Problem.Problem, "format 1 after records of format 2") {
+	if err != nil || rep.Problem == nil || rep.Problem.Seq != 4 || !strings.Contains(rep.Problem.Problem, "format 1 after records of format 2") {
 		t.Errorf("Verify: %+v, %v", rep.Problem, err)
 	}
 	if _, err := Open(o); err == nil || !strings.Contains(err.Error(), "format 1 after records of format 2") {
@@ -212,8 +212,13 @@ func TestFormat1SegmentStillVerifies(t *testing.T) {
 	l := openLog(t, o)
 	appendN(t, l, 4, 2, clock.Now())
 	closeLog(t, l)
+	// The three records of format 1 had no checkpoint: the one of Close
+	// covers them, and says that the start found them unsigned.
 	rep, err := Verify(dir, nil)
-	if err != nil || rep.Problem != nil || rep.Records != 5 {
+	if err != nil || rep.Problem != nil || rep.Records != 6 {
 		t.Fatalf("Verify: %+v, %v", rep, err)
+	}
+	if ck := readLog(t, dir)[5].rec; ck.Type != EventCheckpoint || !strings.Contains(ck.Detail, "at start: records 1..3 were not covered") {
+		t.Errorf("the checkpoint of Close: %+v", ck)
 	}
 }

@@ -25,16 +25,25 @@ type Report struct {
 	LastSeq     uint64
 	FirstTime   string // Time of the first and the last record present
 	LastTime    string
+	LastHash    string // hash of the last record read
 	// PurgedUpto: records 1..PurgedUpto were removed at the end of their
 	// retention, as a signed purge tombstone in the log states.
 	PurgedUpto uint64
 	// ChainVerified: roots were given and every signature checked
 	// verified, its signer certificate chaining to them.
 	ChainVerified bool
+	// Unsigned: the log does not end with a signed record certifying the
+	// record before it, so records From..To are protected by the chain
+	// only (Problem says so too). A log stopped cleanly never ends so; a
+	// running one does for a few milliseconds at most (Options.CheckpointInterval).
+	Unsigned *SeqRange
 	// Problem is the first damage found, nil if none. Verify stops there:
 	// the counts above cover the log up to it.
 	Problem *DamageError
 }
+
+// SeqRange is the records From..To.
+type SeqRange struct{ From, To uint64 }
 
 // OK reports whether the log verified.
 func (r *Report) OK() bool { return r.Problem == nil }
@@ -47,10 +56,14 @@ func (r *Report) OK() bool { return r.Problem == nil }
 //     and each segment's name gives the seq of its first record;
 //   - each record's prev is the hash of the line before (GenesisPrev for
 //     seq 1);
-//   - each checkpoint, seal and purge record certifies the record before
-//     it (Head, Upto), Signed is CheckpointText of its own fields, and Sig
-//     is a valid CMS signature over Signed (with roots: by a certificate
-//     that chains to them), made at the record's Time;
+//   - each seal and purge record certifies the record before it (Head,
+//     Upto), each checkpoint a record after the one the signed record
+//     before it certified, at most the record before it; Signed is
+//     CheckpointText of its own fields, and Sig is a valid CMS signature
+//     over Signed (with roots: by a certificate that chains to them), made
+//     at the record's Time;
+//   - the log ends with a signed record that certifies the record before
+//     it: no record is protected by the chain alone (Report.Unsigned);
 //   - every segment but the last ends with a seal, and nothing follows a
 //     seal in its file;
 //   - each record is of a known format (1 or 2, docs/logformat.md) and none
@@ -63,9 +76,9 @@ func (r *Report) OK() bool { return r.Problem == nil }
 // error is only for I/O. When records were removed from the start and
 // damage comes before the purge tombstone, the damage is reported.
 //
-// What Verify cannot see: a change to records after the last checkpoint
-// made together with all the records after them. That is why a checkpoint
-// is signed every CheckpointInterval.
+// What Verify cannot see alone: records removed from the end up to a
+// signed record (the log is then shorter, but valid). That is what the
+// witnesses are for (witness.go, VerifyWitnesses).
 func Verify(dir string, roots *x509.CertPool) (*Report, error) {
 	segs, err := ListSegments(dir)
 	if err != nil {
@@ -114,7 +127,19 @@ type verifier struct {
 	startAt   where
 	pending   bool
 	format    int // the highest record format seen so far
+	// The records after the head the last signed record certified
+	// (signedUpto): their hashes and places, for the checkpoint that
+	// certifies one of them, and for the report of an unsigned tail.
+	signedUpto uint64
+	winFirst   uint64 // seq of win[0]
+	win        []string
+	winAt      []where
+	lastSigned bool // the last record read is signed and certifies the one before
 }
+
+// maxWindow bounds the records kept for a checkpoint to certify: pecgw
+// never writes more than CheckpointEvery (at most 1000000) between two.
+const maxWindow = 2_000_000
 
 func newVerifier(dir string, roots *x509.CertPool) *verifier {
 	return &verifier{dir: dir, roots: roots, rep: &Report{ChainVerified: roots != nil}}
@@ -141,6 +166,17 @@ func (v *verifier) run(segs []SegmentFile, end bool) error {
 	}
 	if end && v.pending {
 		v.problem(v.startAt, fmt.Sprintf("records 1..%d missing and no purge tombstone accounts for them (removed from the start of the log)", v.startAt.seq-1))
+	}
+	if end && v.rep.Problem == nil && v.started && !v.lastSigned {
+		from := v.signedUpto + 1
+		at := v.last
+		if i := from - v.winFirst; len(v.win) > 0 && from >= v.winFirst && i < uint64(len(v.winAt)) {
+			at = v.winAt[i]
+		}
+		v.rep.Unsigned = &SeqRange{From: max(from, v.rep.FirstSeq), To: v.rep.LastSeq}
+		v.problem(at, fmt.Sprintf("records %d..%d are not covered by a signed checkpoint: appended or changed by someone without the provider's key, "+
+			"or left by a stop between a write and its checkpoint or by a pecgw older than record format 2 with a checkpoint per batch (pecgw serve signs them at its next start, saying so)",
+			v.rep.Unsigned.From, v.rep.Unsigned.To))
 	}
 	return nil
 }
@@ -241,8 +277,9 @@ func (v *verifier) segment(s SegmentFile, last bool) error {
 			}
 		}
 		v.head, v.expected, v.last = hash, r.Seq+1, at
+		v.remember(r, hash, at)
 		v.rep.Records++
-		v.rep.LastSeq, v.rep.LastTime = r.Seq, r.Time
+		v.rep.LastSeq, v.rep.LastTime, v.rep.LastHash = r.Seq, r.Time, hash
 		records++
 		sealed = r.Type == EventSeal
 		end = off + int64(len(line))
@@ -313,7 +350,11 @@ func (v *verifier) checkRecord(r *Record) string {
 		return ""
 	}
 	var sigFailed bool
-	if what := checkSigned(r, v.head, v.roots, &sigFailed); what != "" {
+	head, what := v.certified(r)
+	if what != "" {
+		return what
+	}
+	if what := checkSigned(r, head, v.roots, &sigFailed); what != "" {
 		if sigFailed {
 			v.rep.ChainVerified = false
 		}
@@ -343,15 +384,56 @@ func (v *verifier) checkRecord(r *Record) string {
 	return ""
 }
 
-// checkSigned checks a checkpoint, seal or purge record r whose
-// predecessor has hash head. It returns the problem, or "", and sets
+// remember keeps the hash of a record that a later checkpoint may
+// certify, and forgets those a signed record covered.
+func (v *verifier) remember(r *Record, hash string, at where) {
+	if len(v.win) == 0 {
+		v.winFirst = r.Seq
+	}
+	v.win, v.winAt = append(v.win, hash), append(v.winAt, at)
+	v.lastSigned = r.Type.signed() && r.Upto == r.Seq-1
+	if r.Type.signed() && r.Upto >= v.winFirst {
+		drop := min(r.Upto-v.winFirst+1, uint64(len(v.win)))
+		v.win, v.winAt = v.win[drop:], v.winAt[drop:]
+		v.winFirst += drop
+	}
+	if r.Type.signed() {
+		v.signedUpto = r.Upto
+	}
+	if len(v.win) > maxWindow {
+		drop := len(v.win) - maxWindow/2
+		v.win, v.winAt = append([]string(nil), v.win[drop:]...), append([]where(nil), v.winAt[drop:]...)
+		v.winFirst += uint64(drop)
+	}
+}
+
+// certified returns the hash of the record a signed record r certifies,
+// or the problem: a seal or purge tombstone certifies the record before
+// it; a checkpoint (signed in the background while the writer went on) a
+// record after the one the signed record before it certified, and at
+// most the record before it.
+func (v *verifier) certified(r *Record) (string, string) {
+	if r.Upto == r.Seq-1 {
+		return v.head, ""
+	}
+	if r.Type != EventCheckpoint || r.Upto >= r.Seq {
+		return "", fmt.Sprintf("%s: upto %d is not the seq of the record before", r.Type, r.Upto)
+	}
+	if v.started && r.Upto <= v.signedUpto && v.signedUpto > 0 {
+		return "", fmt.Sprintf("%s: certifies seq %d, which the signed record before it already covered (pecgw never goes back)", r.Type, r.Upto)
+	}
+	if r.Upto < v.winFirst || len(v.win) == 0 {
+		return "", fmt.Sprintf("%s: certifies seq %d, which is not among the records read since the last signed one", r.Type, r.Upto)
+	}
+	return v.win[r.Upto-v.winFirst], ""
+}
+
+// checkSigned checks a checkpoint, seal or purge record r that certifies
+// the record whose hash is head. It returns the problem, or "", and sets
 // *chainFailed when the signature did not verify.
 func checkSigned(r *Record, head string, roots *x509.CertPool, chainFailed *bool) string {
 	if r.Head != head {
-		return fmt.Sprintf("%s: head is not the hash of the record before", r.Type)
-	}
-	if r.Upto != r.Seq-1 {
-		return fmt.Sprintf("%s: upto %d is not the seq of the record before", r.Type, r.Upto)
+		return fmt.Sprintf("%s: head is not the hash of the record it certifies (seq %d)", r.Type, r.Upto)
 	}
 	at, err := time.Parse(time.RFC3339, r.Time)
 	if err != nil {

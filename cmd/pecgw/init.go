@@ -68,7 +68,7 @@ func cmdInit(args []string, stdout io.Writer) error {
 	if err := pki.WriteDir(filepath.Join(root, "pki")); err != nil {
 		return fmt.Errorf("development PKI: %w", err)
 	}
-	for _, d := range []string{"log", "outbound", "mailboxes"} {
+	for _, d := range []string{"log", "witness", "outbound", "mailboxes"} {
 		if err := os.Mkdir(filepath.Join(root, d), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return err
 		}
@@ -86,6 +86,7 @@ func cmdInit(args []string, stdout io.Writer) error {
                   (production needs a signing certificate issued under AgID rules)
   users           empty users file (mode 0600)
   log/            transaction log
+  witness/        the log's witness: move it to another volume in production (log.witness_dir)
   outbound/, mailboxes/  maildir delivery
 next:
   pecgw check-config --config %s

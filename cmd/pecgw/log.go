@@ -4,18 +4,23 @@ import (
 	"bufio"
 	"context"
 	"encoding/csv"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 	"unicode"
 
+	"go.uber.org/zap"
+
 	"github.com/pecgw/pecgw/config"
+	"github.com/pecgw/pecgw/dedup"
 	"github.com/pecgw/pecgw/logstore"
 	"github.com/pecgw/pecgw/pec"
 	"github.com/pecgw/pecgw/signer"
@@ -25,14 +30,18 @@ const logUsage = `usage:
   pecgw log tail [-n N] [-f] [--json]
   pecgw log query [--id PECID] [--msgid MSGID] [--mailbox ADDR] [--since TIME] [--until TIME]
                   [--format text|json|csv]
-  pecgw log verify [--ca CA.pem]
+  pecgw log verify [--ca CA.pem] [--witness FILE.head]
+  pecgw log accept-loss --reason TEXT
   pecgw log purge [--key KEY.pem --cert CERT.pem] [--retention-months N] [--provider NAME]
   pecgw log reindex
 TIME is RFC 3339 (2026-11-23T10:00:00+01:00) or a day, yyyy-mm-dd, in Italian time;
 --since includes its instant or day, --until a day includes that whole day.
 Every subcommand finds the log through the daemon's configuration, --config FILE
 (default ` + defaultConfig + `), or takes the log folder with --dir DIR; purge takes the
-signing key, the provider and the retention from the configuration unless given.`
+signing key, the provider and the retention from the configuration unless given.
+verify compares the log with the witnesses of the configuration (log.witness_dir, Redis) or
+with a witness file given; accept-loss records, signed, that records a witness saw are lost
+for good, so that pecgw serve starts again on that log.`
 
 // defaultConfig is the daemon's configuration file.
 const defaultConfig = "./pecgw-data/pecgw.toml"
@@ -53,6 +62,8 @@ func cmdLog(args []string, stdout, _ io.Writer) error {
 		return logQuery(rest, stdout)
 	case "verify":
 		return logVerify(rest, stdout)
+	case "accept-loss":
+		return logAcceptLoss(rest, stdout)
 	case "purge":
 		return logPurge(rest, stdout)
 	case "reindex":
@@ -211,6 +222,7 @@ func parseTime(s string) (t time.Time, day bool, err error) {
 func logVerify(args []string, stdout io.Writer) error {
 	lf := newLogFlags("verify")
 	caFile := lf.fs.String("ca", "", "PEM file of trusted root certificates for the checkpoint signatures")
+	witnessFile := lf.fs.String("witness", "", "a witness file (<log name>.head) to compare the log with, besides the configured ones")
 	dir, err := lf.parse(args)
 	if err != nil {
 		return err
@@ -219,7 +231,19 @@ func logVerify(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	witnesses, closeW, err := lf.witnesses(*witnessFile)
+	if err != nil {
+		return err
+	}
+	defer closeW()
 	rep, err := logstore.Verify(dir, roots)
+	// A running daemon signs its last batch within log.checkpoint_interval
+	// and one signature: a tail seen unsigned while it holds the log is
+	// read again before it is called damage.
+	for try := 0; err == nil && rep.Unsigned != nil && try < 3 && logstore.InUse(dir); try++ {
+		time.Sleep(time.Second)
+		rep, err = logstore.Verify(dir, roots)
+	}
 	if err != nil {
 		return err
 	}
@@ -246,12 +270,103 @@ func logVerify(args []string, stdout io.Writer) error {
 	default:
 		w.line("chain", "not verified")
 	}
+	ok := rep.Problem == nil
 	if p := rep.Problem; p != nil {
 		w.line("damage", fmt.Sprintf("segment %s offset %d seq %d: %s", p.Segment, p.Offset, p.Seq, p.Problem))
+	}
+	if len(witnesses) == 0 {
+		w.line("witness", "none configured: records cut from the end of the log up to a checkpoint cannot be seen (log.witness_dir)")
+	}
+	for _, c := range logstore.VerifyWitnesses(dir, rep, witnesses) {
+		switch {
+		case c.Behind != nil:
+			ok = false
+			w.line("witness", fmt.Sprintf("%s: MISSING: %v", c.Witness, c.Behind))
+		case errors.Is(c.Err, logstore.ErrNoWitness):
+			w.line("witness", c.Witness+": holds no head yet")
+		case c.Err != nil:
+			ok = false
+			w.line("witness", fmt.Sprintf("%s: not checked: %v", c.Witness, c.Err))
+		default:
+			w.line("witness", fmt.Sprintf("%s: seq %d (%s): the log holds it", c.Witness, c.Head.Seq, c.Head.Hash))
+		}
+	}
+	if !ok {
 		w.line("result", "NOT VERIFIED")
 		return errSilent
 	}
 	w.line("result", "log verified")
+	return nil
+}
+
+// witnesses returns the witnesses of the configuration (when the log
+// came from it) and the witness file given, and what closes them.
+func (lf *logFlags) witnesses(file string) ([]logstore.Witness, func(), error) {
+	var ws []logstore.Witness
+	closeW := func() {}
+	if c := lf.cfg; c != nil {
+		ws = append(ws, c.FolderWitnesses()...)
+		if c.Dedup.Store == "redis" && c.Log.WitnessRedis == "on" {
+			store, err := dedupStore(c, zap.NewNop())
+			if err != nil {
+				return nil, nil, err
+			}
+			ws = append(ws, store.(*dedup.Redis).Witness(c.LogName()))
+			closeW = func() { store.Close() }
+		}
+	}
+	if file != "" {
+		name, ok := strings.CutSuffix(filepath.Base(file), ".head")
+		if !ok {
+			return nil, nil, fmt.Errorf("%w: --witness %s: a witness file is named <log name>.head", errUsage, file)
+		}
+		if _, err := os.Stat(file); err != nil {
+			return nil, nil, fmt.Errorf("--witness: %w", err)
+		}
+		ws = append(ws, &logstore.FolderWitness{Dir: filepath.Dir(file), Name: name})
+	}
+	return ws, closeW, nil
+}
+
+// logAcceptLoss records in the log, signed, that the records its
+// witnesses saw beyond its end are lost for good, and sets the
+// witnesses to that record, so that pecgw serve starts again.
+func logAcceptLoss(args []string, stdout io.Writer) error {
+	lf := newLogFlags("accept-loss")
+	reason := lf.fs.String("reason", "", "why the records cannot be restored: who found what, when (written in the log)")
+	if _, err := lf.parse(args); err != nil {
+		return err
+	}
+	c := lf.cfg
+	if c == nil {
+		return fmt.Errorf("%w: accept-loss reads the configuration (--config), not --dir: it signs with the provider's key and resets the configured witnesses", errUsage)
+	}
+	if strings.TrimSpace(*reason) == "" {
+		return fmt.Errorf("%w: --reason is required: it is written in the log", errUsage)
+	}
+	sig, err := signer.LoadFiles(c.Signing.Key, c.Signing.Cert)
+	if err != nil {
+		return err
+	}
+	ws, closeW, err := lf.witnesses("")
+	if err != nil {
+		return err
+	}
+	defer closeW()
+	lo := c.LogOptions(sig)
+	lo.Witnesses = ws
+	behind, err := logstore.AcceptLoss(lo, *reason)
+	for _, be := range behind {
+		fmt.Fprintf(stdout, "lost: %v\n", be)
+	}
+	if err != nil {
+		return err
+	}
+	if len(behind) == 0 {
+		fmt.Fprintln(stdout, "the log is behind no witness: nothing recorded")
+		return nil
+	}
+	fmt.Fprintln(stdout, "the loss is recorded in the log (a signed checkpoint) and the witnesses set to it: pecgw serve starts again")
 	return nil
 }
 

@@ -144,17 +144,23 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	lo := cfg.LogOptions(sig)
-	lo.Warn = func(msg string) { logger.Warn(msg, zap.String("event", "log.warning")) }
-	if s.txlog, err = logstore.Open(lo); err != nil {
-		return nil, err
-	}
 	store, err := dedupStore(cfg, logger)
 	if err != nil {
-		s.txlog.Close()
 		return nil, err
 	}
 	s.dedup = store
+	lo := logOptions(cfg, sig, store)
+	lo.Warn = func(msg string) { logger.Warn(msg, zap.String("event", "log.warning")) }
+	// One event when the log stops taking records (every submission gets
+	// 451 meanwhile) and one when it takes them again (logstore/heal.go).
+	lo.Broken = func(err error) {
+		logger.Error("transaction log not writable: submissions get 451 until it heals", zap.String("event", "log.broken"), zap.Error(err))
+	}
+	lo.Healed = func(detail string) { logger.Info(detail, zap.String("event", "log.healed")) }
+	if s.txlog, err = logstore.Open(lo); err != nil {
+		s.closeAll()
+		return nil, err
+	}
 	spool, err := delivery.OpenSpool(cfg.Delivery.Spool)
 	if err != nil {
 		s.closeAll()
@@ -339,6 +345,16 @@ func (s *server) closeAll() {
 	if s.dedup != nil {
 		s.dedup.Close()
 	}
+}
+
+// logOptions are the transaction log's options: [log], with the Redis
+// witness of the dedup store when it is Redis (log.witness_redis).
+func logOptions(cfg *config.Config, sig logstore.CheckpointSigner, store dedup.Store) logstore.Options {
+	lo := cfg.LogOptions(sig)
+	if r, ok := store.(*dedup.Redis); ok && cfg.Log.WitnessRedis == "on" {
+		lo.Witnesses = append(lo.Witnesses, r.Witness(cfg.LogName()))
+	}
+	return lo
 }
 
 // dedupStore opens the duplicate-submission store of [dedup]: embedded on
