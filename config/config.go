@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -402,6 +403,21 @@ func (c *Config) LogOptions(signer logstore.CheckpointSigner) logstore.Options {
 		RetentionMonths:    c.Log.RetentionMonths,
 		Witnesses:          c.FolderWitnesses(),
 	}
+}
+
+// Warnings are what is allowed but unwise in the configuration, each
+// starting with its key: a log without a witness, or with its witness
+// folder on the log's own file system (docs/logformat.md, "Witnesses").
+func (c *Config) Warnings() []string {
+	var out []string
+	if c.Log.WitnessDir == "" {
+		return append(out, "log.witness_dir: no witness folder: records cut from the end of the log, or a folder restored from an older copy, cannot be seen (a Redis witness can, with dedup.store = \"redis\")")
+	}
+	var a, b syscall.Stat_t
+	if syscall.Stat(c.Log.Dir, &a) == nil && syscall.Stat(c.Log.WitnessDir, &b) == nil && a.Dev == b.Dev {
+		out = append(out, fmt.Sprintf("log.witness_dir: %s is on the same file system as log.dir: what cuts or restores the log's volume reaches its witness too; in production put it on another volume", c.Log.WitnessDir))
+	}
+	return out
 }
 
 // FolderWitnesses is the log's folder witness (log.witness_dir), if any.

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -515,4 +516,34 @@ func FuzzLoad(f *testing.F) {
 			t.Fatalf("re-load differs:\n%+v\n%+v", c, c2)
 		}
 	})
+}
+
+// TestWarnings: a witness beside the log, or none, is allowed but said.
+func TestWarnings(t *testing.T) {
+	c, err := Load(writeConfig(t, minimal))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Mkdir(c.Log.Dir, 0o700)
+	os.Mkdir(c.Log.WitnessDir, 0o700)
+	if w := c.Warnings(); len(w) != 1 || !strings.Contains(w[0], "is on the same file system as log.dir") {
+		t.Errorf("witness beside the log: %q", w)
+	}
+	c.Log.WitnessDir = ""
+	if w := c.Warnings(); len(w) != 1 || !strings.Contains(w[0], "no witness folder") {
+		t.Errorf("no witness: %q", w)
+	}
+	other, err := os.MkdirTemp("/dev/shm", "witness-")
+	if err != nil {
+		t.Skipf("no other file system to put a witness on: %v", err)
+	}
+	defer os.RemoveAll(other)
+	c.Log.WitnessDir = other
+	var a, b syscall.Stat_t
+	if syscall.Stat(c.Log.Dir, &a) == nil && syscall.Stat(other, &b) == nil && a.Dev == b.Dev {
+		t.Skip("/dev/shm is on the file system of the temporary folder here")
+	}
+	if w := c.Warnings(); len(w) != 0 {
+		t.Errorf("witness on another file system: %q", w)
+	}
 }

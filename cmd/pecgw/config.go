@@ -37,6 +37,11 @@ func cmdCheckConfig(args []string, stdout io.Writer) error {
 		}
 	}
 	problems = append(flatten(err), problems...)
+	if c != nil {
+		for _, w := range c.Warnings() {
+			fmt.Fprintln(stdout, "warning: "+w)
+		}
+	}
 	if len(problems) == 0 {
 		fmt.Fprintln(stdout, "configuration OK")
 		return nil

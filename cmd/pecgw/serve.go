@@ -129,6 +129,9 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
+	for _, w := range cfg.Warnings() {
+		logger.Warn(w, zap.String("event", "config.warning"))
+	}
 	// RFC 6109 §5.5: receivers check the profile; say what differs.
 	for _, w := range signer.CheckProfile(sig.Certificate(), cfg.Provider.Domains[0]) {
 		logger.Warn("signing certificate profile", zap.String("event", "config.warning"), zap.String("problem", w))
