@@ -282,8 +282,11 @@ type work struct {
 	t                 *txn
 	at                pec.Instant
 	envelope, receipt *delivery.Message
-	spool             chan error // the receipt's spool write, running alongside the write-ahead records
-	dedupSkipped      bool       // reported to the operator (Outcome.DedupSkipped), not to the client
+	// receiptMsg is the acceptance receipt built, signed only once its
+	// write-ahead record gives it its log position (pec.LogPositionField).
+	receiptMsg   *pec.Message
+	spool        chan error // the receipt's spool write, after the write-ahead records
+	dedupSkipped bool       // reported to the operator (Outcome.DedupSkipped), not to the client
 }
 
 // accept runs the acceptance through the transaction table
@@ -321,15 +324,15 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 	return a.handOffReceipt(ctx, w)
 }
 
-// build builds and signs the transport envelope and the acceptance
-// receipt, and the busta-trasporto record that every record of the
-// transaction copies.
+// build builds and signs the transport envelope, builds the acceptance
+// receipt (signed in writeAhead), and makes the busta-trasporto record
+// that every record of the transaction copies.
 func (a *Acceptor) build(s *Submission, tx pec.Transaction, d *dedupTx) (*work, error) {
 	envelope, envData, err := a.buildSigned(tx, pec.BuildEnvelope)
 	if err != nil {
 		return nil, err
 	}
-	receipt, receiptData, err := a.buildSigned(tx, pec.BuildAcceptance)
+	receipt, err := pec.BuildAcceptance(tx)
 	if err != nil {
 		return nil, err
 	}
@@ -341,27 +344,40 @@ func (a *Acceptor) build(s *Submission, tx pec.Transaction, d *dedupTx) (*work, 
 	if d != nil && d.reused {
 		t.base = "the client's Message-ID was accepted before with other content: certified as a new message"
 	}
-	return &work{t: t, at: tx.At, envelope: deliveryMessage(envelope, envData), receipt: deliveryMessage(receipt, receiptData)}, nil
+	return &work{t: t, at: tx.At, envelope: deliveryMessage(envelope, envData), receiptMsg: receipt}, nil
 }
 
-// writeAhead spools the receipt while the log writes the busta-trasporto
-// and accettazione records: invariant 2, nothing is handed off without a
-// durable record that describes it, and the receipt is kept until it is
-// handed off (receipts.go). When the records cannot be written the
-// receipt and the claim are given back.
+// writeAhead writes the busta-trasporto and accettazione records, then
+// signs the receipt with the log position of its accettazione record (it
+// witnesses the log: docs/formats.md) and spools it: invariant 2,
+// nothing is handed off without a durable record that describes it, and
+// the receipt is kept until it is handed off (receipts.go). When the
+// records cannot be written the claim is given back; when the receipt
+// cannot be signed or spooled, prepare refuses the hand-off.
 func (a *Acceptor) writeAhead(ctx context.Context, w *work) error {
+	w.spool = make(chan error, 1)
+	if _, err := a.apply(ctx, w.t, logstore.CauseWritten); err != nil {
+		warn, _ := a.apply(ctx, w.t, logstore.CauseLogFailed)
+		return errors.Join(fmt.Errorf("log the transport envelope: %w", err), warn)
+	}
+	w.spool <- a.spoolReceipt(w)
+	return nil
+}
+
+// spoolReceipt signs the receipt with its log position and spools it.
+func (a *Acceptor) spoolReceipt(w *work) error {
+	m := w.receiptMsg
+	m.SetLogPosition(w.t.receiptSeq, w.t.receiptHash)
+	entity, err := a.Signer.Sign(m.Body, w.at.Time())
+	if err != nil {
+		return fmt.Errorf("sign the %s: %w", m.Tipo, err)
+	}
+	w.receipt = deliveryMessage(m, m.Bytes(entity))
 	e, err := spoolEntry(&w.t.rec, w.receipt)
 	if err != nil {
 		return fmt.Errorf("spool the acceptance receipt: %w", err)
 	}
-	w.spool = make(chan error, 1)
-	go func() { w.spool <- a.Receipts.Put(e) }()
-	if _, err := a.apply(ctx, w.t, logstore.CauseWritten); err != nil {
-		<-w.spool
-		warn, _ := a.apply(ctx, w.t, logstore.CauseLogFailed)
-		return errors.Join(fmt.Errorf("log the transport envelope: %w", err), warn)
-	}
-	return nil
+	return a.Receipts.Put(e)
 }
 
 // prepare waits for the spooled receipt, then turns the lease into a
@@ -500,9 +516,7 @@ func (a *Acceptor) ensureHold(ctx context.Context, t *txn) error {
 // signed, logged, delivered to the sender's mailbox (never Reply-To).
 // Invariant 4: exactly one notice and one log record per refusal.
 func (a *Acceptor) refuse(ctx context.Context, s *Submission, tx pec.Transaction, violations []pec.Violation) (*Outcome, error) {
-	notice, data, err := a.buildSigned(tx, func(tx pec.Transaction) (*pec.Message, error) {
-		return pec.BuildNonAcceptance(tx, violations)
-	})
+	notice, err := pec.BuildNonAcceptance(tx, violations)
 	if err != nil {
 		return nil, err
 	}
@@ -513,10 +527,20 @@ func (a *Acceptor) refuse(ctx context.Context, s *Submission, tx pec.Transaction
 	for _, v := range violations {
 		rec.Violations = append(rec.Violations, v.Code)
 	}
-	if _, _, err := a.Log.Append(ctx, &rec); err != nil {
+	seq, hash, err := a.Log.Append(ctx, &rec)
+	if err != nil {
 		return nil, fmt.Errorf("log the non-acceptance: %w", err)
 	}
-	if err := a.Mailboxes.Deliver(ctx, deliveryMessage(notice, data)); err != nil {
+	// The notice witnesses the log: the position of its record, inside
+	// the signed part (docs/formats.md).
+	notice.SetLogPosition(seq, hash)
+	entity, err := a.Signer.Sign(notice.Body, tx.At.Time())
+	if err == nil {
+		err = a.Mailboxes.Deliver(ctx, deliveryMessage(notice, notice.Bytes(entity)))
+	} else {
+		err = fmt.Errorf("not signed: %w", err)
+	}
+	if err != nil {
 		// Not a state of an acceptance transaction: the record says what
 		// happened to people, and the client's retry is refused again.
 		ab := rec

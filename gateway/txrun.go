@@ -45,6 +45,10 @@ type txn struct {
 	// delivered: deliver receipt handed the receipt off (not only found
 	// it in the sender's mailbox).
 	delivered bool
+	// receiptSeq, receiptHash: the log position of the accettazione
+	// record, which the acceptance receipt carries (pec.LogPositionField).
+	receiptSeq  uint64
+	receiptHash string
 }
 
 // causeText is what a record of the event says to people; the note and the
@@ -128,8 +132,12 @@ func (a *Acceptor) logState(ctx context.Context, t *txn, row transition) error {
 	for _, typ := range row.to.Types() {
 		rec.Type = typ
 		r := rec
-		if _, _, err := a.Log.Append(ctx, &r); err != nil {
+		seq, hash, err := a.Log.Append(ctx, &r)
+		if err != nil {
 			return fmt.Errorf("log the %s record of %s: %w", typ, t.id, err)
+		}
+		if typ == logstore.EventAccettazione {
+			t.receiptSeq, t.receiptHash = seq, hash
 		}
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/pecgw/pecgw/logstore"
 	"github.com/pecgw/pecgw/pec"
 	"github.com/pecgw/pecgw/signer"
 )
@@ -37,12 +38,13 @@ var kindLabel = map[string]string{
 func cmdVerify(args []string, stdout, _ io.Writer) error {
 	fs := quietFlagSet("verify")
 	caFile := fs.String("ca", "", "PEM file of trusted root certificates; without it only integrity is checked")
+	logDir := fs.String("log", "", "the provider's log folder: check that it still holds the record the receipt or notice names")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 {
-		return fmt.Errorf("%w: want one message file: pecgw verify FILE.eml [--ca CA.pem]", errUsage)
+		return fmt.Errorf("%w: want one message file: pecgw verify FILE.eml [--ca CA.pem] [--log DIR]", errUsage)
 	}
 	file := pos[0]
 	roots, err := loadRoots(*caFile)
@@ -170,12 +172,56 @@ func cmdVerify(args []string, stdout, _ io.Writer) error {
 			w.line("profile", "warning: "+warn)
 		}
 	}
+	if *logDir != "" {
+		what, good := checkLogPosition(*logDir, res, verr, dc, dcErr)
+		w.line("log", what)
+		ok = ok && good
+	}
 	if !ok {
 		w.line("result", "NOT VALID")
 		return errSilent
 	}
 	w.line("result", "valid")
 	return nil
+}
+
+// checkLogPosition checks that the log in dir still holds the record
+// whose position the receipt or notice carries inside its signed part
+// (pec.LogPositionField, docs/formats.md): never an unsigned header.
+func checkLogPosition(dir string, res *signer.Result, verr error, dc pec.DatiCert, dcErr error) (string, bool) {
+	if verr != nil || res == nil {
+		return "not checked: the signature is invalid, so the log position it would carry is not known", false
+	}
+	if dcErr != nil {
+		return "not checked: " + dcErr.Error(), false
+	}
+	want := map[string]logstore.Event{"accettazione": logstore.EventAccettazione, "non-accettazione": logstore.EventNonAccettazione}[dc.Tipo]
+	if want == "" {
+		return fmt.Sprintf("not checked: a %s carries no log position (only acceptance receipts and non-acceptance notices do)", dc.Tipo), false
+	}
+	entity, err := mail.ReadMessage(bytes.NewReader(res.Content))
+	if err != nil {
+		return "not checked: the signed part: " + err.Error(), false
+	}
+	v := entity.Header.Get(pec.LogPositionField)
+	if v == "" {
+		return "the " + dc.Tipo + " carries no log position (" + pec.LogPositionField + "): made by a pecgw that did not write it", false
+	}
+	seq, hash, err := pec.ParseLogPosition(v)
+	if err != nil {
+		return "INVALID: " + err.Error(), false
+	}
+	line, rec, err := logstore.FindRecord(dir, seq)
+	if err != nil {
+		return fmt.Sprintf("MISSING: the receipt names record seq %d (hash %s): %v", seq, hash, err), false
+	}
+	if got := logstore.Hash(line); got != hash {
+		return fmt.Sprintf("ALTERED: record seq %d has hash %s, the receipt says %s: the record was changed or the log rewritten", seq, got, hash), false
+	}
+	if rec.Type != want || rec.PECID != dc.Identificativo {
+		return fmt.Sprintf("MISMATCH: record seq %d is a %s of %s, the receipt is a %s of %s", seq, rec.Type, rec.PECID, dc.Tipo, dc.Identificativo), false
+	}
+	return fmt.Sprintf("record seq %d (%s of %s) is in the log, its hash as the receipt says", seq, rec.Type, rec.PECID), true
 }
 
 // headerTipo is the kind the header declares: X-Trasporto for envelopes,
