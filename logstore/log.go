@@ -36,7 +36,7 @@ type Options struct {
 	// CheckpointInterval is the least time between two checkpoint
 	// signatures: a record is covered by a signed checkpoint at most
 	// CheckpointInterval plus one signature and one fsync after its Append
-	// returned (docs/logformat.md, "Checkpoints"). Default 10ms; at most 1s.
+	// returned (docs/logformat.md, "Checkpoints"). Default 20ms; at most 1s.
 	CheckpointInterval time.Duration
 	// CheckpointEvery bounds the records not yet covered by a checkpoint:
 	// the writer waits for the signature in flight rather than go beyond
@@ -59,7 +59,7 @@ type Options struct {
 // Defaults of Options.
 const (
 	DefaultCheckpointEvery    = 1000
-	DefaultCheckpointInterval = 10 * time.Millisecond
+	DefaultCheckpointInterval = 20 * time.Millisecond
 	MaxCheckpointInterval     = time.Second
 	DefaultMaxSegmentSize     = 256 << 20
 	// MinRetentionMonths is the legal minimum: RFC 6109 §2.3 and DPR
@@ -520,6 +520,8 @@ func (l *Log) writer() {
 	spacing.Stop()
 	heal := time.NewTimer(time.Hour)
 	heal.Stop()
+	lonely := time.NewTimer(time.Hour)
+	lonely.Stop()
 	l.scheduleSign(spacing)
 	for {
 		final := false
@@ -540,6 +542,7 @@ func (l *Log) writer() {
 			case r := <-l.sigDone:
 				res = &r
 			case <-spacing.C:
+			case <-lonely.C:
 			case <-heal.C:
 				l.tryHeal(heal)
 			case <-l.stop:
@@ -561,6 +564,18 @@ func (l *Log) writer() {
 			}
 		}
 		l.mu.Unlock()
+		if res != nil && n == 0 && l.readyCk != nil && !final {
+			// A checkpoint ready and no record to go with it: wait a little
+			// for one, so that a lone writer does not pay an fsync for the
+			// checkpoint alone (it stays within the bound: one more
+			// CheckpointInterval).
+			clear(batch[:cap(batch)])
+			l.mu.Lock()
+			l.spare = batch[:0]
+			l.mu.Unlock()
+			lonely.Reset(l.o.CheckpointInterval)
+			continue
+		}
 		wasBroken := l.broken != nil
 		l.commit(batch[:n])
 		clear(batch[:cap(batch)])
@@ -752,7 +767,11 @@ func (l *Log) addSigned(kind Event, now time.Time, tmpl *Record) (*Record, error
 	if err := l.addSignedLine(r); err != nil {
 		return nil, err
 	}
-	l.gen++ // a checkpoint signed before this record is stale
+	// A checkpoint signed before this record, in flight or ready, is
+	// stale: this one certifies a later head (and a seal closes the
+	// segment the ready one belonged to).
+	l.gen++
+	l.readyCk = nil
 	return r, nil
 }
 

@@ -62,7 +62,7 @@ func (l *Log) tailUnsigned() bool {
 // last one started (at once when CheckpointEvery records wait), or arms
 // spacing for when it may.
 func (l *Log) scheduleSign(spacing *time.Timer) {
-	if l.signing || l.broken != nil || !l.tailUnsigned() || len(l.buf) > 0 {
+	if l.signing || l.readyCk != nil || l.broken != nil || !l.tailUnsigned() || len(l.buf) > 0 {
 		return
 	}
 	wait := l.o.CheckpointInterval - time.Since(l.lastSign)
