@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -19,7 +20,8 @@ import (
 // the files are read again as Open reads them. It tries with a back-off
 // (heal delays) until that succeeds; meanwhile Append fails at once, so
 // the gateway answers 451 and the client retries. Options.Broken and
-// Options.Healed are told once each.
+// Options.Healed are told once each per failure: healed means a write of
+// callers' records succeeded again, not only the torn-tail record.
 
 // Heal delays: the first try, and the most between two.
 const (
@@ -27,15 +29,22 @@ const (
 	healMax   = 30 * time.Second
 )
 
-// startHealing is called once the log broke.
+// startHealing is called when the log broke. Broken is told at the
+// start of an episode only: a log that healed and broke again before it
+// wrote a record of a caller (the room a cut freed was only enough for
+// its own torn-tail record) is still the same failure.
 func (l *Log) startHealing(t *time.Timer) {
-	l.failedAt = time.Now()
-	l.healDelay = healFirst
-	if l.o.Broken != nil {
-		l.mu.Lock()
-		err := l.broken
-		l.mu.Unlock()
-		l.o.Broken(err)
+	if !l.failing {
+		l.failing = true
+		l.failedAt = time.Now()
+		l.healDelay = healFirst
+		l.notes = nil
+		if l.o.Broken != nil {
+			l.mu.Lock()
+			err := l.broken
+			l.mu.Unlock()
+			l.o.Broken(err)
+		}
 	}
 	t.Reset(l.healDelay)
 }
@@ -52,9 +61,22 @@ func (l *Log) tryHeal(t *time.Timer) {
 		t.Reset(l.healDelay)
 		return
 	}
-	detail := fmt.Sprintf("the log takes records again after %s, at seq %d", time.Since(l.failedAt).Round(time.Millisecond), l.seq+1)
 	if note != "" {
-		detail += "; " + note
+		l.notes = append(l.notes, note)
+	}
+	l.healDelay = min(2*l.healDelay, healMax) // should it break again at once
+}
+
+// healed is called after a write of callers' records succeeded: the end
+// of a failure episode, told once (Options.Healed).
+func (l *Log) healed() {
+	if !l.failing {
+		return
+	}
+	l.failing = false
+	detail := fmt.Sprintf("the log takes records again after %s, at seq %d", time.Since(l.failedAt).Round(time.Millisecond), l.seq)
+	if len(l.notes) > 0 {
+		detail += "; " + strings.Join(l.notes, "; ")
 	}
 	if l.o.Healed != nil {
 		l.o.Healed(detail)

@@ -170,6 +170,8 @@ type Log struct {
 	// Heal state (heal.go).
 	failedAt  time.Time
 	healDelay time.Duration
+	failing   bool     // between a failure and the first good write of callers' records
+	notes     []string // what the heals of this failure cut
 	witness   *witnessWriter
 }
 
@@ -613,6 +615,14 @@ func (l *Log) commit(batch []*request) {
 	}
 	if err != nil {
 		l.breakLog(err)
+	}
+	if err == nil && l.failing {
+		for _, r := range batch {
+			if r.own == nil {
+				l.healed()
+				break
+			}
+		}
 	}
 	// After done is signalled, the request belongs to its Append again.
 	for _, r := range batch {
