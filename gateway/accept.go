@@ -283,15 +283,18 @@ type work struct {
 	at                pec.Instant
 	envelope, receipt *delivery.Message
 	// receiptMsg is the acceptance receipt built, signed only once its
-	// write-ahead record gives it its log position (pec.LogPositionField).
-	receiptMsg   *pec.Message
-	spool        chan error // the receipt's spool write, after the write-ahead records
-	dedupSkipped bool       // reported to the operator (Outcome.DedupSkipped), not to the client
+	// accettazione record gives it its log position (pec.LogPositionField).
+	receiptMsg *pec.Message
+	// spoolErr is what signing and spooling the receipt, after the
+	// write-ahead records, came to: prepare hands nothing off unless nil.
+	spoolErr     error
+	dedupSkipped bool // reported to the operator (Outcome.DedupSkipped), not to the client
 }
 
 // accept runs the acceptance through the transaction table
 // (docs/architecture.md): written ahead (the busta-trasporto and
-// accettazione records, and the receipt spooled), the lease turned into
+// accettazione records, then the receipt signed with the position of its
+// record and spooled), the lease turned into
 // a hold, the envelope handed off, then the receipt, then the dedup
 // commit and the record of the hand-off. The claim (invariant 3) is a
 // lease renewed while building and logging, a hold
@@ -325,8 +328,11 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 }
 
 // build builds and signs the transport envelope, builds the acceptance
-// receipt (signed in writeAhead), and makes the busta-trasporto record
-// that every record of the transaction copies.
+// receipt (signed in writeAhead, once its record is written: the
+// position of that record goes under its signature), and makes the
+// busta-trasporto record that every record of the transaction copies.
+// The records need nothing of the signed receipt: its Message-ID comes
+// from the builder (pec.DerivedID).
 func (a *Acceptor) build(s *Submission, tx pec.Transaction, d *dedupTx) (*work, error) {
 	envelope, envData, err := a.buildSigned(tx, pec.BuildEnvelope)
 	if err != nil {
@@ -348,26 +354,35 @@ func (a *Acceptor) build(s *Submission, tx pec.Transaction, d *dedupTx) (*work, 
 }
 
 // writeAhead writes the busta-trasporto and accettazione records, then
-// signs the receipt with the log position of its accettazione record (it
-// witnesses the log: docs/formats.md) and spools it: invariant 2,
-// nothing is handed off without a durable record that describes it, and
-// the receipt is kept until it is handed off (receipts.go). When the
-// records cannot be written the claim is given back; when the receipt
-// cannot be signed or spooled, prepare refuses the hand-off.
+// signs the receipt with the log position of its accettazione record (so
+// that the receipt witnesses the log: RFC 6109 §2.3 makes the log the
+// provider's proof; docs/formats.md) and spools it, one after the other:
+// the receipt cannot be signed before its record exists, nor spooled
+// before it is signed. Invariant 2: nothing is handed off without a
+// durable record that describes it, and the envelope not before the
+// receipt is durably in the spool (prepare checks it), so a receipt a
+// crash or a failed hand-off kept from the sender is delivered later
+// (receipts.go). When the records cannot be written the claim is given
+// back (log-failed: nothing is spooled yet); when the receipt cannot be
+// signed or spooled, prepare refuses the hand-off (not-prepared).
 func (a *Acceptor) writeAhead(ctx context.Context, w *work) error {
-	w.spool = make(chan error, 1)
 	if _, err := a.apply(ctx, w.t, logstore.CauseWritten); err != nil {
 		warn, _ := a.apply(ctx, w.t, logstore.CauseLogFailed)
 		return errors.Join(fmt.Errorf("log the transport envelope: %w", err), warn)
 	}
-	w.spool <- a.spoolReceipt(w)
+	w.spoolErr = a.spoolReceipt(w)
 	return nil
 }
 
-// spoolReceipt signs the receipt with its log position and spools it.
+// spoolReceipt signs the receipt with the position of its accettazione
+// record (seq and hash as Append returned them, logState) and spools it:
+// the spool keeps it signed, and it is never signed again (a receipt
+// redelivered from the spool is this one).
 func (a *Acceptor) spoolReceipt(w *work) error {
 	m := w.receiptMsg
-	m.SetLogPosition(w.t.receiptSeq, w.t.receiptHash)
+	if err := m.SetLogPosition(w.t.receiptSeq, w.t.receiptHash); err != nil {
+		return fmt.Errorf("the %s of %s: %w", m.Tipo, w.t.id, err)
+	}
 	entity, err := a.Signer.Sign(m.Body, w.at.Time())
 	if err != nil {
 		return fmt.Errorf("sign the %s: %w", m.Tipo, err)
@@ -380,13 +395,14 @@ func (a *Acceptor) spoolReceipt(w *work) error {
 	return a.Receipts.Put(e)
 }
 
-// prepare waits for the spooled receipt, then turns the lease into a
-// hold naming the transaction (dedup.Store.Prepare): from here the
-// outcome of the hand-off must survive this process, and a crash leaves
-// the hold for Reconcile (invariant 3). Taken after the write-ahead
-// records, so that every hold has a record that resolves it.
+// prepare goes on only once the receipt is durably spooled (writeAhead),
+// then turns the lease into a hold naming the transaction
+// (dedup.Store.Prepare): from here the outcome of the hand-off must
+// survive this process, and a crash leaves the hold for Reconcile
+// (invariant 3). Taken after the write-ahead records, so that every hold
+// has a record that resolves it.
 func (a *Acceptor) prepare(ctx context.Context, w *work) error {
-	if err := <-w.spool; err != nil {
+	if err := w.spoolErr; err != nil {
 		return a.fail(ctx, w, logstore.CauseNotPrepared, "acceptance receipt not spooled", err)
 	}
 	d := w.t.claim
@@ -513,8 +529,11 @@ func (a *Acceptor) ensureHold(ctx context.Context, t *txn) error {
 }
 
 // refuse emits the non-acceptance notice (RFC 6109 §3.1.2): built,
-// signed, logged, delivered to the sender's mailbox (never Reply-To).
-// Invariant 4: exactly one notice and one log record per refusal.
+// logged, signed with the position of its record (docs/formats.md),
+// delivered to the sender's mailbox (never Reply-To). Invariant 4:
+// exactly one notice and one log record per refusal; the record comes
+// first, and a notice that could not be signed or delivered after it is
+// logged as aborted (the client gets 4xx and its retry is refused again).
 func (a *Acceptor) refuse(ctx context.Context, s *Submission, tx pec.Transaction, violations []pec.Violation) (*Outcome, error) {
 	notice, err := pec.BuildNonAcceptance(tx, violations)
 	if err != nil {
@@ -532,9 +551,12 @@ func (a *Acceptor) refuse(ctx context.Context, s *Submission, tx pec.Transaction
 		return nil, fmt.Errorf("log the non-acceptance: %w", err)
 	}
 	// The notice witnesses the log: the position of its record, inside
-	// the signed part (docs/formats.md).
-	notice.SetLogPosition(seq, hash)
-	entity, err := a.Signer.Sign(notice.Body, tx.At.Time())
+	// the signed part (RFC 6109 §2.3; docs/formats.md).
+	err = notice.SetLogPosition(seq, hash)
+	var entity []byte
+	if err == nil {
+		entity, err = a.Signer.Sign(notice.Body, tx.At.Time())
+	}
 	if err == nil {
 		err = a.Mailboxes.Deliver(ctx, deliveryMessage(notice, notice.Bytes(entity)))
 	} else {

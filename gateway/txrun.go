@@ -120,7 +120,10 @@ func (a *Acceptor) apply(ctx context.Context, t *txn, on logstore.TxCause) (warn
 // transaction's busta-trasporto record with its time reference, the new
 // state, the event and the detail. A session that ends must not keep it
 // out of the log: only the write-ahead records (nothing handed off yet)
-// follow the session's context.
+// follow the session's context. The written-ahead state appends
+// busta-trasporto then accettazione; the seq and hash Append returned for
+// the accettazione record are kept in t (receiptSeq, receiptHash): the
+// acceptance receipt, signed after it, carries them (spoolReceipt).
 func (a *Acceptor) logState(ctx context.Context, t *txn, row transition) error {
 	rec := t.rec
 	rec.Seq, rec.Prev, rec.DedupKey = 0, "", ""

@@ -285,25 +285,6 @@ func (l *Log) checkWitnesses() error {
 
 var errPurged = errors.New("record purged")
 
-// FindRecord returns the line and the record with the given seq in the
-// log in dir, or an error that says why there is none: before the first
-// record present (purged at the end of its retention, or deleted), or
-// beyond the last.
-func FindRecord(dir string, seq uint64) ([]byte, *Record, error) {
-	line, err := lineAt(dir, seq)
-	if errors.Is(err, errPurged) {
-		return nil, nil, fmt.Errorf("the log has no record seq %d: its first segment starts after it (purged at the end of its retention, or deleted)", seq)
-	}
-	if err != nil {
-		return nil, nil, err
-	}
-	r, err := Decode(line)
-	if err != nil {
-		return nil, nil, err
-	}
-	return line, r, nil
-}
-
 // lineAt returns the line of the record with the given seq, read from
 // the segment that holds it.
 func lineAt(dir string, seq uint64) ([]byte, error) {

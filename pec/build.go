@@ -80,7 +80,9 @@ type Message struct {
 	// MIME-Version and Content-Type (those come with the signed entity).
 	Header []byte
 	// Body is the entity to sign: the multipart/mixed with the text part,
-	// daticert.xml and, for the envelope, postacert.eml.
+	// daticert.xml and, for the envelope, postacert.eml. A receipt or a
+	// notice gets the log position of its record in the header of this
+	// entity before it is signed (SetLogPosition, logpos.go).
 	Body []byte
 	// DatiCert is the daticert.xml carried in Body.
 	DatiCert []byte

@@ -107,6 +107,7 @@ type server struct {
 	cert    atomic.Pointer[tls.Certificate]
 	servers []*smtp.Server
 	lns     []net.Listener
+	healed  chan struct{} // the transaction log took records again (logstore/heal.go)
 }
 
 func newServer(cfgPath string, stderr io.Writer) (*server, error) {
@@ -159,7 +160,14 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 	lo.Broken = func(err error) {
 		logger.Error("transaction log not writable: submissions get 451 until it heals", zap.String("event", "log.broken"), zap.Error(err))
 	}
-	lo.Healed = func(detail string) { logger.Info(detail, zap.String("event", "log.healed")) }
+	s.healed = make(chan struct{}, 1)
+	lo.Healed = func(detail string) {
+		logger.Info(detail, zap.String("event", "log.healed"))
+		select { // what failed after a record is redone now, not in a minute
+		case s.healed <- struct{}{}:
+		default:
+		}
+	}
 	if s.txlog, err = logstore.Open(lo); err != nil {
 		s.closeAll()
 		return nil, err
@@ -301,13 +309,11 @@ func (s *server) run(ctx context.Context, hup <-chan os.Signal, stdout io.Writer
 	for {
 		select {
 		case <-redeliver.C:
-			n, err := s.accept.RedeliverReceipts(ctx)
-			if n > 0 {
-				s.log.Info("acceptance receipts delivered late", zap.String("event", "delivery.redelivered"), zap.Int("receipts", n))
-			}
-			if err != nil {
-				s.log.Warn("acceptance receipts still not delivered", zap.String("event", "delivery.error"), zap.Error(err))
-			}
+			s.redeliver(ctx)
+		case <-s.healed:
+			// Transactions whose records failed while the log was broken
+			// wait for the periodic run: run it at once.
+			s.redeliver(ctx)
 		case <-ctx.Done():
 			s.log.Info("stopping", zap.String("event", "server.stop"))
 			sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
@@ -323,6 +329,18 @@ func (s *server) run(ctx context.Context, hup <-chan os.Signal, stdout io.Writer
 		case <-hup:
 			s.reload()
 		}
+	}
+}
+
+// redeliver is the periodic run of the transactions that wait
+// (gateway.Acceptor.RedeliverReceipts).
+func (s *server) redeliver(ctx context.Context) {
+	n, err := s.accept.RedeliverReceipts(ctx)
+	if n > 0 {
+		s.log.Info("acceptance receipts delivered late", zap.String("event", "delivery.redelivered"), zap.Int("receipts", n))
+	}
+	if err != nil {
+		s.log.Warn("acceptance receipts still not delivered", zap.String("event", "delivery.error"), zap.Error(err))
 	}
 }
 

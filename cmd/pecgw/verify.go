@@ -187,7 +187,10 @@ func cmdVerify(args []string, stdout, _ io.Writer) error {
 
 // checkLogPosition checks that the log in dir still holds the record
 // whose position the receipt or notice carries inside its signed part
-// (pec.LogPositionField, docs/formats.md): never an unsigned header.
+// (pec.LogPositionField, docs/formats.md): read from the content the
+// signature covers, never from an unsigned header. The record must be
+// there, with the hash the receipt says, and be the receipt's: the same
+// PEC identifier (daticert identificativo) and the matching type.
 func checkLogPosition(dir string, res *signer.Result, verr error, dc pec.DatiCert, dcErr error) (string, bool) {
 	if verr != nil || res == nil {
 		return "not checked: the signature is invalid, so the log position it would carry is not known", false
@@ -195,33 +198,44 @@ func checkLogPosition(dir string, res *signer.Result, verr error, dc pec.DatiCer
 	if dcErr != nil {
 		return "not checked: " + dcErr.Error(), false
 	}
-	want := map[string]logstore.Event{"accettazione": logstore.EventAccettazione, "non-accettazione": logstore.EventNonAccettazione}[dc.Tipo]
-	if want == "" {
+	var want logstore.Event
+	noun := "receipt"
+	switch {
+	case dc.Tipo == pec.TipoAccettazione:
+		want = logstore.EventAccettazione
+	case dc.Tipo == pec.TipoNonAccettazione && dc.Errore == pec.ErroreVirus:
+		want, noun = logstore.EventNonAccettazioneVirus, "notice"
+	case dc.Tipo == pec.TipoNonAccettazione:
+		want, noun = logstore.EventNonAccettazione, "notice"
+	default:
 		return fmt.Sprintf("not checked: a %s carries no log position (only acceptance receipts and non-acceptance notices do)", dc.Tipo), false
 	}
-	entity, err := mail.ReadMessage(bytes.NewReader(res.Content))
-	if err != nil {
-		return "not checked: the signed part: " + err.Error(), false
-	}
-	v := entity.Header.Get(pec.LogPositionField)
-	if v == "" {
-		return "the " + dc.Tipo + " carries no log position (" + pec.LogPositionField + "): made by a pecgw that did not write it", false
-	}
-	seq, hash, err := pec.ParseLogPosition(v)
-	if err != nil {
+	seq, hash, found, err := pec.ReadLogPosition(res.Content)
+	switch {
+	case err != nil:
 		return "INVALID: " + err.Error(), false
+	case !found:
+		return fmt.Sprintf("the %s carries no log position (no %s in its signed part): made by an older pecgw, or not by pecgw", noun, pec.LogPositionField), false
 	}
-	line, rec, err := logstore.FindRecord(dir, seq)
-	if err != nil {
-		return fmt.Sprintf("MISSING: the receipt names record seq %d (hash %s): %v", seq, hash, err), false
+	line, rec, err := logstore.LookupRecord(dir, seq)
+	var none *logstore.NoRecordError
+	switch {
+	case errors.As(err, &none):
+		return fmt.Sprintf("MISSING: the %s names record seq %d (hash %s); %v", noun, seq, hash, err), false
+	case err != nil && line != nil:
+		// A line stands where the record belongs and is no record: its
+		// hash cannot be the one signed.
+		return fmt.Sprintf("ALTERED: record seq %d has hash %s, the %s says %s: the record was changed or the log rewritten (%v)", seq, logstore.Hash(line), noun, hash, err), false
+	case err != nil:
+		return "not checked: " + err.Error(), false
 	}
 	if got := logstore.Hash(line); got != hash {
-		return fmt.Sprintf("ALTERED: record seq %d has hash %s, the receipt says %s: the record was changed or the log rewritten", seq, got, hash), false
+		return fmt.Sprintf("ALTERED: record seq %d has hash %s, the %s says %s: the record was changed or the log rewritten", seq, got, noun, hash), false
 	}
 	if rec.Type != want || rec.PECID != dc.Identificativo {
-		return fmt.Sprintf("MISMATCH: record seq %d is a %s of %s, the receipt is a %s of %s", seq, rec.Type, rec.PECID, dc.Tipo, dc.Identificativo), false
+		return fmt.Sprintf("MISMATCH: record seq %d is a %s of %s, the %s a %s of %s: the position names another record", seq, rec.Type, rec.PECID, noun, want, dc.Identificativo), false
 	}
-	return fmt.Sprintf("record seq %d (%s of %s) is in the log, its hash as the receipt says", seq, rec.Type, rec.PECID), true
+	return fmt.Sprintf("record seq %d (%s of %s) is in the log, its hash as the %s says", seq, rec.Type, rec.PECID, noun), true
 }
 
 // headerTipo is the kind the header declares: X-Trasporto for envelopes,

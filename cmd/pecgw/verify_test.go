@@ -68,6 +68,19 @@ func TestVerifySamples(t *testing.T) {
 
 func ourMessage(t *testing.T, tamperHeader bool) string {
 	t.Helper()
+	if !tamperHeader {
+		return ourMessageWith(t, nil)
+	}
+	return ourMessageWith(t, func(m *pec.Message) {
+		// The outer header is not signed: claim another type there.
+		m.Header = bytes.Replace(m.Header, []byte("X-Ricevuta: accettazione"), []byte("X-Ricevuta: avvenuta-consegna"), 1)
+	})
+}
+
+// ourMessageWith is an acceptance receipt built and signed with the test
+// key, edit (when not nil) applied to it before it is signed.
+func ourMessageWith(t *testing.T, edit func(m *pec.Message)) string {
+	t.Helper()
 	raw := "Date: Mon, 23 Nov 2026 10:00:00 +0100\r\nFrom: a@pec.example.it\r\nTo: b@pec.altro.it, c@example.com\r\nSubject: prova\r\nMessage-ID: <m1@client>\r\n\r\nciao\r\n"
 	s, v := pec.Inspect([]byte(raw), pec.SMTPEnvelope{From: "a@pec.example.it", To: []string{"b@pec.altro.it", "c@example.com"}}, pec.Limits{})
 	if len(v) > 0 {
@@ -83,15 +96,14 @@ func ourMessage(t *testing.T, tamperHeader bool) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if edit != nil {
+		edit(m)
+	}
 	entity, err := testpki.Signer(t, "p256").Sign(m.Body, at.Time())
 	if err != nil {
 		t.Fatal(err)
 	}
 	msg := m.Bytes(entity)
-	if tamperHeader {
-		// The outer header is not signed: claim another type there.
-		msg = bytes.Replace(msg, []byte("X-Ricevuta: accettazione"), []byte("X-Ricevuta: avvenuta-consegna"), 1)
-	}
 	p := filepath.Join(t.TempDir(), "msg.eml")
 	if err := os.WriteFile(p, msg, 0o644); err != nil {
 		t.Fatal(err)
