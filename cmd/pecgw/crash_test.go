@@ -131,9 +131,16 @@ func (s *crashServer) term() error {
 	case <-p.done:
 		return p.err
 	case <-time.After(35 * time.Second):
-		p.cmd.Process.Kill()
-		<-p.done
-		return errors.New("still running 35 s after SIGTERM (killed)")
+		// SIGQUIT: the Go runtime prints every goroutine's stack to the
+		// output the test shows, so a hang says where it is.
+		p.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-p.done:
+		case <-time.After(5 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		return errors.New("still running 35 s after SIGTERM (goroutines dumped by SIGQUIT above)")
 	}
 }
 

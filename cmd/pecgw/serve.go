@@ -37,6 +37,9 @@ const (
 	devProvider   = "pecgw development provider"
 	devUser       = "demo@" + devDomain
 	shutdownGrace = 30 * time.Second
+	// closeGrace is how long sessions closed at the end of shutdownGrace
+	// get to finish the transaction they were in before the log closes.
+	closeGrace = 10 * time.Second
 )
 
 // cmdServe runs the access point until SIGTERM or SIGINT. With --dev and
@@ -106,8 +109,10 @@ type server struct {
 	users   *gateway.Users
 	cert    atomic.Pointer[tls.Certificate]
 	servers []*smtp.Server
-	lns     []net.Listener
-	healed  chan struct{} // the transaction log took records again (logstore/heal.go)
+	lns     []net.Listener      // what the servers serve (TLS over tracked for SMTPS)
+	tracked []*gateway.Listener // the TCP listeners, with their connections
+	grace   time.Duration       // shutdownGrace; shorter in tests
+	healed  chan struct{}       // the transaction log took records again (logstore/heal.go)
 }
 
 func newServer(cfgPath string, stderr io.Writer) (*server, error) {
@@ -122,7 +127,7 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &server{cfg: cfg, log: logger}
+	s := &server{cfg: cfg, log: logger, grace: shutdownGrace}
 	if err := s.loadCert(); err != nil {
 		return nil, err
 	}
@@ -247,11 +252,14 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 		if l.addr == "" {
 			continue
 		}
-		ln, err := net.Listen("tcp", l.addr)
+		tcp, err := net.Listen("tcp", l.addr)
 		if err != nil {
 			s.closeAll()
 			return nil, fmt.Errorf("listen %s: %w", l.addr, err)
 		}
+		tracked := gateway.NewListener(tcp)
+		s.tracked = append(s.tracked, tracked)
+		var ln net.Listener = tracked
 		if l.implicit {
 			ln = tls.NewListener(ln, tlsConf)
 		}
@@ -315,19 +323,50 @@ func (s *server) run(ctx context.Context, hup <-chan os.Signal, stdout io.Writer
 			// wait for the periodic run: run it at once.
 			s.redeliver(ctx)
 		case <-ctx.Done():
-			s.log.Info("stopping", zap.String("event", "server.stop"))
-			sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
-			for _, srv := range s.servers {
-				if err := srv.Shutdown(sctx); err != nil {
-					s.log.Warn("shutdown", zap.String("event", "server.stop"), zap.Error(err))
-					srv.Close()
-				}
-			}
-			cancel()
+			s.stop()
 			wg.Wait()
 			return errors.Join(s.txlog.Close(), s.dedup.Close())
 		case <-hup:
 			s.reload()
+		}
+	}
+}
+
+// stop closes the listeners, gives the sessions still open s.grace to
+// end, closes those that did not, and gives them closeGrace to finish the
+// transaction they were in.
+func (s *server) stop() {
+	s.log.Info("stopping", zap.String("event", "server.stop"))
+	// Our listeners first: go-smtp's Shutdown closes only the listeners
+	// its Serve has registered, and a Serve that had not begun when the
+	// signal came would begin accepting after it, for ever (seen in the
+	// crash test, a SIGTERM right after start).
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), s.grace)
+	defer cancel()
+	late := false
+	for _, srv := range s.servers {
+		if err := srv.Shutdown(sctx); err != nil {
+			late = true
+		}
+	}
+	if !late {
+		return
+	}
+	n := 0
+	for _, t := range s.tracked {
+		n += t.CloseConns()
+	}
+	s.log.Warn("connections still open at the end of the grace closed", zap.String("event", "server.stop"),
+		zap.Int("connections", n), zap.Duration("grace", s.grace))
+	cctx, ccancel := context.WithTimeout(context.Background(), closeGrace)
+	defer ccancel()
+	for _, t := range s.tracked {
+		if !t.Wait(cctx) {
+			s.log.Error("sessions still running after their connections closed; the log closes under them",
+				zap.String("event", "server.stop"), zap.Int("connections", t.Open()))
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
@@ -159,5 +160,98 @@ func TestLoggerConcurrent(t *testing.T) {
 	wg.Wait()
 	if n := strings.Count(buf.String(), "\n"); n != 400 {
 		t.Errorf("%d lines, want 400", n)
+	}
+}
+
+// startedServer runs pecgw init in a new folder with free loopback
+// addresses and returns the server newServer made of it, not yet run.
+func startedServer(t *testing.T) (srv *server, sub string, logs *lockedBuffer) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "data")
+	sub = freeAddr(t)
+	if code, out, errOut := runCmd(t, "init", "--dir", dir, "--domain", "pec.example.it", "--provider-name", "Example PEC S.p.A.",
+		"--submission-addr", sub, "--smtps-addr", freeAddr(t)); code != 0 {
+		t.Fatalf("init: %d\n%s%s", code, out, errOut)
+	}
+	logs = &lockedBuffer{}
+	srv, err := newServer(filepath.Join(dir, "pecgw.toml"), logs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, sub, logs
+}
+
+// runBounded runs srv until ctx ends; the channel gets what run returned,
+// error, when it stops.
+func runBounded(t *testing.T, srv *server, ctx context.Context) (stopped chan error) {
+	t.Helper()
+	stopped = make(chan error, 1)
+	go func() { stopped <- srv.run(ctx, nil, io.Discard) }()
+	return stopped
+}
+
+// TestStopRightAfterStart: a SIGTERM that comes before the listeners'
+// Serve began stops the daemon. go-smtp's Shutdown closes only the
+// listeners Serve registered, and a Serve beginning after it accepted for
+// ever (the crash test's last SIGTERM hung so, once in many runs).
+func TestStopRightAfterStart(t *testing.T) {
+	for i := range 20 {
+		srv, sub, _ := startedServer(t)
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel() // the signal is there before run begins
+		done := runBounded(t, srv, ctx)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("start %d: run: %v", i, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("start %d: still running 10 s after the stop", i)
+		}
+		if c, err := net.DialTimeout("tcp", sub, time.Second); err == nil {
+			c.Close()
+			t.Fatalf("start %d: %s still accepts after the stop", i, sub)
+		}
+	}
+}
+
+// TestStopClosesIdleConnections: a client that connects and says nothing
+// does not hold the daemon past its grace; its connection is closed.
+func TestStopClosesIdleConnections(t *testing.T) {
+	srv, sub, logs := startedServer(t)
+	srv.grace = 300 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runBounded(t, srv, ctx)
+	var c net.Conn
+	var err error
+	for range 100 { // the listener serves once run began
+		if c, err = net.Dial("tcp", sub); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	greeting := make([]byte, 512)
+	if n, err := c.Read(greeting); err != nil || !strings.HasPrefix(string(greeting[:n]), "220 ") {
+		t.Fatalf("greeting %q, %v", greeting[:n], err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("still running 10 s after the stop with one idle client\n%s", logs.String())
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(c); err != nil {
+		t.Errorf("the idle connection was not closed: %v", err)
+	}
+	if !strings.Contains(logs.String(), "connections still open at the end of the grace closed") {
+		t.Errorf("no word of the closed connection in the log:\n%s", logs.String())
 	}
 }
