@@ -78,22 +78,36 @@ type Directory struct {
 
 // Limits are the resource limits of the submission service.
 type Limits struct {
-	MaxMessageBytes         int64 // SIZE (RFC 1870) and the DATA limit
-	MaxSizeTimesRecipients  int64 // message size × recipients (RFC 6109 §3.1.1)
-	MaxRecipients           int
-	MaxConnections          int
-	MaxConnectionsPerIP     int
-	CommandTimeout          time.Duration
-	DataTimeout             time.Duration
-	AuthFailuresBeforeDelay int
-	AuthLockoutFailures     int
-	AuthLockout             time.Duration
-	MinAuthTime             time.Duration
+	MaxMessageBytes            int64 // SIZE (RFC 1870) and the DATA limit
+	MaxSizeTimesRecipients     int64 // message size × recipients (RFC 6109 §3.1.1)
+	MaxRecipients              int
+	MaxConnections             int
+	MaxConnectionsPerIP        int
+	MaxConnectionsPerNetwork   int // a /24 or /64
+	PreAuthTimeout             time.Duration
+	LoginTimeout               time.Duration
+	CommandTimeout             time.Duration
+	DataTimeout                time.Duration
+	AuthFailuresBeforeDelay    int // per address
+	AuthLockoutFailures        int // per (address, account)
+	AuthAddressLockoutFailures int // per address
+	AuthLockout                time.Duration
+	MinAuthTime                time.Duration
 }
 
-// Users names the users file (gateway.LoadUsers).
+// Users says where the users are and how their logins are checked
+// (gateway.LoadUsers, gateway.Dovecot, gateway.Guard).
 type Users struct {
-	File string
+	Backend        string // "file" or "dovecot"
+	File           string
+	DovecotSocket  string
+	DovecotService string
+	DovecotTimeout time.Duration
+	Suspended      string // the suspended accounts (gateway.Accounts)
+	CacheTTL       time.Duration
+	CacheSize      int
+	HashSlots      int
+	HashWait       time.Duration
 }
 
 // Log configures the transaction log (logstore).

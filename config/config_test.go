@@ -73,6 +73,7 @@ func TestDefaultsLoad(t *testing.T) {
 	want.Signing.Key = filepath.Join(dir, "pki/signing-key.pem")
 	want.Signing.Cert = filepath.Join(dir, "pki/signing.pem")
 	want.Users.File = filepath.Join(dir, "users")
+	want.Users.Suspended = filepath.Join(dir, "users.suspended")
 	want.Log.Dir = filepath.Join(dir, "log")
 	want.Log.WitnessDir = filepath.Join(dir, "witness")
 	want.Delivery.Maildir = dir
@@ -103,9 +104,11 @@ func TestRoundTrip(t *testing.T) {
 		Signing:   Signing{Key: abs("s-key.pem"), Cert: abs("s.pem")},
 		Directory: Directory{Domains: []string{"pec.altro.it", "città.it"}, LDIF: abs("index.ldif")},
 		Limits: Limits{MaxMessageBytes: 50_000_000, MaxSizeTimesRecipients: 60_000_000, MaxRecipients: 100, MaxConnections: 50,
-			MaxConnectionsPerIP: 5, CommandTimeout: 6 * time.Minute, DataTimeout: 90 * time.Second, AuthFailuresBeforeDelay: 2,
-			AuthLockoutFailures: 5, AuthLockout: time.Hour, MinAuthTime: 50 * time.Millisecond},
-		Users: Users{File: abs("u/users")},
+			MaxConnectionsPerIP: 5, MaxConnectionsPerNetwork: 7, PreAuthTimeout: 5 * time.Second, LoginTimeout: 40 * time.Second,
+			CommandTimeout: 6 * time.Minute, DataTimeout: 90 * time.Second, AuthFailuresBeforeDelay: 2,
+			AuthLockoutFailures: 5, AuthAddressLockoutFailures: 60, AuthLockout: time.Hour, MinAuthTime: 50 * time.Millisecond},
+		Users: Users{Backend: "dovecot", File: abs("u/users"), DovecotSocket: "/run/dovecot/auth-client", DovecotService: "pecgw",
+			DovecotTimeout: 3 * time.Second, Suspended: abs("u/susp"), CacheTTL: 10 * time.Minute, CacheSize: 500, HashSlots: 4, HashWait: time.Second},
 		Log: Log{Dir: abs("l"), CheckpointEvery: 10, CheckpointInterval: 30 * time.Millisecond, MaxSegmentMB: 64, RetentionMonths: 36,
 			Name: "mx-2", WitnessDir: abs("w"), WitnessRedis: "off"},
 		Delivery: Delivery{Mode: "smtp", Maildir: abs("m"), Spool: abs("sp"),

@@ -46,6 +46,22 @@ func (c *Config) validate(typeErrs map[string]error) []error {
 		// (RFC 6109 §3.1.1), not even with one recipient.
 		add("limits.max_message_bytes", fmt.Errorf("must not exceed limits.max_size_times_recipients (%d), got %d", l.MaxSizeTimesRecipients, l.MaxMessageBytes))
 	}
+	if l.LoginTimeout < l.PreAuthTimeout {
+		add("limits.login_timeout", fmt.Errorf("must not be less than limits.preauth_timeout (%s), got %s", l.PreAuthTimeout, l.LoginTimeout))
+	}
+	if l.AuthAddressLockoutFailures < l.AuthLockoutFailures {
+		add("limits.auth_address_lockout_failures", fmt.Errorf("must not be less than limits.auth_lockout_failures (%d), got %d", l.AuthLockoutFailures, l.AuthAddressLockoutFailures))
+	}
+	switch u := c.Users; u.Backend {
+	case "file":
+		if u.File == "" {
+			add("users.file", errors.New(`required when users.backend = "file"`))
+		}
+	case "dovecot":
+		if u.DovecotSocket == "" {
+			add("users.dovecot_socket", errors.New(`required when users.backend = "dovecot"`))
+		}
+	}
 	if l.AuthLockoutFailures < l.AuthFailuresBeforeDelay {
 		add("limits.auth_lockout_failures", fmt.Errorf("must not be less than limits.auth_failures_before_delay (%d), got %d", l.AuthFailuresBeforeDelay, l.AuthLockoutFailures))
 	}

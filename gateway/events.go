@@ -7,8 +7,9 @@ import "go.uber.org/zap"
 // so operators can filter and alert on them. No sampling applies to them
 // (cmd/pecgw builds the logger without a sampler).
 var (
-	evAuth      = zap.String("event", "smtp.auth")         // an AUTH attempt: ip, user, result ok|failed|locked-out
-	evLimit     = zap.String("event", "smtp.limit")        // a connection refused by the connection limits
+	evAuth      = zap.String("event", "smtp.auth")         // AUTH: each attempt at debug level; lockouts, busy and unavailable at warn
+	evLimit     = zap.String("event", "smtp.limit")        // connections refused by the connection limits: ip, reason, refused
+	evSuspended = zap.String("event", "smtp.suspended")    // MAIL FROM of a suspended account refused: ip, user
 	evAccepted  = zap.String("event", "pec.accepted")      // a submission certified: pec_id
 	evRefused   = zap.String("event", "pec.refused")       // a submission refused by the formal checks: violations, notice
 	evError     = zap.String("event", "pec.error")         // an internal failure answered 4xx: error

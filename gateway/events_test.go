@@ -15,7 +15,7 @@ import (
 // vocabulary in the operational log, and no entry holds a password, even
 // one typed in the user name field.
 func TestOperationalEvents(t *testing.T) {
-	core, logs := observer.New(zapcore.InfoLevel)
+	core, logs := observer.New(zapcore.DebugLevel) // AUTH attempts are debug entries
 	ts := newTestServerWith(t, func(b *Backend) { b.Log = zap.New(core) })
 
 	c := ts.dial(t, true)

@@ -188,7 +188,7 @@ func FuzzSession(f *testing.F) {
 			return
 		}
 		fx := newFixture(t)
-		be := &Backend{Acceptor: fx.a, Users: mapUsers{mario: "s3cret"}, MaxMessageBytes: 1 << 20, MinAuthTime: time.Nanosecond, AuthDelay: time.Nanosecond}
+		be := &Backend{Acceptor: fx.a, Auth: NewGuard(mapUsers{mario: "s3cret"}, AuthPolicy{MinAuthTime: time.Nanosecond, Delay: time.Nanosecond}, nil), MaxMessageBytes: 1 << 20}
 		s := &Session{b: be, conn: conn}
 		in := &fuzzInput{b: data}
 		var wantEnvelopes, wantBox, wantRecords int

@@ -8,8 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -18,12 +18,6 @@ import (
 
 	"github.com/pecgw/pecgw/pec"
 )
-
-// Authenticator checks a user's password (Users). It must take the same
-// time whether or not the user exists.
-type Authenticator interface {
-	Authenticate(address, password string) bool
-}
 
 // MaxLineLength is the longest line the server reads (go-smtp's
 // Server.MaxLineLength, 2000 by default). It is far above the 998 octets
@@ -36,32 +30,19 @@ const MaxLineLength = 64 << 10
 // one Session per connection.
 type Backend struct {
 	Acceptor *Acceptor
-	Users    Authenticator
+	// Auth checks AUTH attempts (auth.go): its Verifier is where the
+	// users are, its policy the lockout, the cache and the slots.
+	Auth *Guard
+	// Accounts says which accounts are suspended (accounts.go); nil: none.
+	Accounts *Accounts
 	// MaxMessageBytes bounds DATA (advertised with SIZE, RFC 1870).
 	MaxMessageBytes int64
 	// TransactionTimeout bounds one acceptance transaction after DATA.
 	TransactionTimeout time.Duration
-
-	// Limits (limits.go); zero is no limit unless said otherwise.
-	MaxConnections      int // in total, over all listeners of the Backend
-	MaxConnectionsPerIP int
 	// CommandTimeout is the longest pause within DATA; DataTimeout bounds
-	// the whole DATA upload.
+	// the whole DATA upload (limits.go).
 	CommandTimeout, DataTimeout time.Duration
-	// After AuthFailuresBeforeDelay AUTH failures from an IP, each further
-	// failure is answered after AuthDelay (default 1 s), doubled each
-	// time up to 8 × AuthDelay. AuthLockoutFailures failures within
-	// AuthLockout lock the IP out of AUTH for AuthLockout.
-	AuthFailuresBeforeDelay int
-	AuthLockoutFailures     int
-	AuthLockout             time.Duration
-	AuthDelay               time.Duration
-	// MinAuthTime is the least time every AUTH answer takes (default
-	// 300 ms), whether the user exists or not.
-	MinAuthTime time.Duration
 
-	limOnce sync.Once
-	lim     *limiter
 	// Log is the operational log (zap): one entry per event of the fixed
 	// vocabulary in events.go, never a password or an AUTH payload. nil
 	// logs nothing.
@@ -69,15 +50,10 @@ type Backend struct {
 }
 
 // NewSession starts the session of a new connection: go-smtp calls it at
-// the first EHLO/HELO (again after STARTTLS, having called Logout).
+// the first EHLO/HELO (again after STARTTLS, having called Logout). The
+// connection limits were applied when it was accepted (listener.go).
 func (b *Backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	ip := remoteIP(c.Conn().RemoteAddr())
-	if !b.limits().acquireConn(ip, b.MaxConnections, b.MaxConnectionsPerIP) {
-		b.logger().Warn("connection refused: too many connections", evLimit, zap.String("ip", ip))
-		rejectConn(c, b.CommandTimeout)
-		return nil, errTooManyConns
-	}
-	return &Session{b: b, conn: c, ip: ip}, nil
+	return &Session{b: b, conn: c, ip: remoteIP(c.Conn().RemoteAddr())}, nil
 }
 
 // Session is one SMTP connection. Every reply it gives is an
@@ -85,10 +61,8 @@ func (b *Backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 type Session struct {
 	b    *Backend
 	conn *smtp.Conn
-	ip   string // client IP, the key of the connection and AUTH limits
+	ip   string // client IP, in the log
 	user string // authenticated mailbox, "" before AUTH
-
-	released bool // the connection slot was given back (Logout)
 
 	from string
 	utf8 bool
@@ -129,8 +103,8 @@ func (s *Session) Auth(mech string) (sasl.Server, error) {
 		return nil, &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "already authenticated"}
 	}
 	check := func(username, password string) error {
-		if !s.authenticate(username, password, true) {
-			return errAuthFailed
+		if err := s.authenticate(username, password, false); err != nil {
+			return err
 		}
 		s.user = strings.ToLower(username)
 		return nil
@@ -141,7 +115,9 @@ func (s *Session) Auth(mech string) (sasl.Server, error) {
 			// RFC 4616 §2: an authorization identity other than the
 			// authentication identity would be acting for someone else.
 			if identity != "" && !strings.EqualFold(identity, username) {
-				s.authenticate(username, password, false)
+				if err := s.authenticate(username, password, true); err != nil {
+					return err
+				}
 				return errAuthFailed
 			}
 			return check(username, password)
@@ -152,50 +128,72 @@ func (s *Session) Auth(mech string) (sasl.Server, error) {
 	return nil, &smtp.SMTPError{Code: 504, EnhancedCode: smtp.EnhancedCode{5, 5, 4}, Message: "unrecognized authentication mechanism"}
 }
 
-// authenticate checks a password under the AUTH limits of the client IP
-// (limits.go); allowed false counts a failure whatever the password.
-// Every answer takes at least MinAuthTime from the start of the check, so
-// its timing does not tell which addresses exist (Users does the same
-// work for unknown users, this hides what is left: lookups, scheduling).
-func (s *Session) authenticate(username, password string, allowed bool) bool {
-	start := time.Now()
-	p := s.b.authPolicy()
-	lim := s.b.limits()
-	locked, failDelay := lim.authState(s.ip, p)
-	// During a lockout the password is not checked and the answer is the
-	// same 535 5.7.8, after the same time, as a wrong password: guesses
-	// made during the lockout learn nothing, and the guesser cannot even
-	// tell the lockout began. Not 454 4.7.0 (RFC 4954 §6, temporary
-	// failure): that would announce the lockout and make clients retry
-	// it automatically, and a refused login is permanent for the user.
-	ok := !locked && allowed && s.b.Users.Authenticate(username, password)
-	if ok {
-		lim.authSucceeded(s.ip)
-	} else if !locked {
-		lim.authFailed(s.ip, p)
+// authenticate checks a password with the Backend's Guard (auth.go);
+// forbid counts a failure whatever the password. It returns the reply
+// of a failure, nil on success.
+func (s *Session) authenticate(username, password string, forbid bool) error {
+	g := s.b.Auth
+	ctx, cancel := context.WithTimeout(context.Background(), g.Policy().SlotWait+authVerifyTimeout)
+	defer cancel()
+	ans := g.Check(ctx, s.clientInfo(), username, password, forbid)
+	switch ans.Result {
+	case AuthOK:
+		// The RFC 5321 timeouts from now on, not the pre-AUTH ones.
+		markAuthenticated(s.conn.Conn())
+		return nil
+	case AuthLocked:
+		return lockedReply(strings.ToLower(username), s.ip, ans)
+	case AuthBusy:
+		return errAuthBusy
+	case AuthUnavailable:
+		return errAuthUnavailable
 	}
-	wait := p.minAuthTime - time.Since(start)
-	if !ok {
-		wait = max(wait, failDelay)
+	return errAuthFailed
+}
+
+// authVerifyTimeout bounds one verification once it has its slot (a
+// Dovecot that stopped answering).
+const authVerifyTimeout = 10 * time.Second
+
+// Replies of AUTH beyond success and 535 (RFC 4954 §6: 454 4.7.0
+// temporary authentication failure).
+var (
+	errAuthBusy        = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "too many logins are being checked right now, please try again in a moment"}
+	errAuthUnavailable = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "the accounts cannot be checked right now, please try again later"}
+)
+
+// lockedReply says who is locked out and until when. 454 4.7.0, not
+// 535 5.7.8: the lockout is temporary and says nothing of the password
+// (the right one is refused too), and a 535 makes Thunderbird and Outlook
+// ask the user for a new password, who may then "fix" a right one; a
+// 454 is shown as a temporary failure and retried later. The reply is
+// the same whether the account exists or not (it is about the attempts,
+// not the account), so it tells a guesser nothing of which exist.
+func lockedReply(user, ip string, a AuthAnswer) *smtp.SMTPError {
+	until := a.Until.UTC().Format("15:04 MST")
+	msg := fmt.Sprintf("too many failed logins for %s from %s: logins for it from there are refused until %s, whatever the password", user, ip, until)
+	if CheckAddress(user) != nil {
+		msg = fmt.Sprintf("too many failed logins from %s: logins for this account from there are refused until %s, whatever the password", ip, until)
 	}
-	if wait > 0 {
-		time.Sleep(wait)
+	if a.AddressLocked {
+		msg = fmt.Sprintf("too many failed logins from %s: logins from there are refused until %s, whatever the account", ip, until)
 	}
-	result := "ok"
-	switch {
-	case locked:
-		result = "locked-out"
-	case !ok:
-		result = "failed"
+	return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: msg}
+}
+
+// clientInfo is what the Guard and its Verifier (Dovecot: rip, lip,
+// secured) are told of the connection.
+func (s *Session) clientInfo() ClientInfo {
+	nc := s.conn.Conn()
+	ci := ClientInfo{}
+	if a, err := netip.ParseAddrPort(nc.RemoteAddr().String()); err == nil {
+		ci.Addr = a
 	}
-	// The name is logged only when it is an address: a user who types
-	// the password in the name field must not find it in the log.
-	user := "(not an address)"
-	if CheckAddress(username) == nil {
-		user = strings.ToLower(username)
+	if a, err := netip.ParseAddrPort(nc.LocalAddr().String()); err == nil {
+		ci.Local = a
 	}
-	s.b.logger().Info("authentication", evAuth, zap.String("ip", s.ip), zap.String("user", user), zap.String("result", result))
-	return ok
+	_, ci.Secured = s.tlsState()
+	return ci
 }
 
 // loginServer is the server side of SASL LOGIN: two challenges,
@@ -237,6 +235,10 @@ func (s *Session) Mail(from string, opts *smtp.MailOptions) error {
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
 			Message: "sender address must be your own mailbox " + oneLine(s.user)}
 	}
+	if sp, ok := s.b.Accounts.Suspended(s.user); ok {
+		s.b.logger().Info("submission refused: account suspended", evSuspended, zap.String("ip", s.ip), zap.String("user", s.user))
+		return suspendedReply(sp)
+	}
 	if opts != nil && opts.Size > 0 && s.b.MaxMessageBytes > 0 && opts.Size > s.b.MaxMessageBytes {
 		return errTooBig
 	}
@@ -244,6 +246,19 @@ func (s *Session) Mail(from string, opts *smtp.MailOptions) error {
 	s.utf8 = opts != nil && opts.UTF8
 	s.rcpt = nil
 	return nil
+}
+
+// suspendedReply refuses every MAIL FROM of a suspended account
+// (accounts.go): 550 5.7.1 (RFC 3463 §3.8: delivery not authorized),
+// permanent until the provider lifts the suspension, with the date and
+// the provider's reason. Nothing is certified, so nothing is logged in
+// the transaction log: the account's earlier records stay as they are.
+func suspendedReply(sp Suspension) *smtp.SMTPError {
+	msg := fmt.Sprintf("mailbox %s is suspended since %s: it cannot send certified mail", sp.Address, sp.Since.UTC().Format("2006-01-02"))
+	if sp.Reason != "" {
+		msg += " (" + oneLine(sp.Reason) + ")"
+	}
+	return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: msg}
 }
 
 // Rcpt adds a forward-path.
@@ -337,16 +352,10 @@ func (s *Session) Data(r io.Reader) error {
 // Reset discards the transaction in progress.
 func (s *Session) Reset() { s.from, s.utf8, s.rcpt = "", false, nil }
 
-// Logout ends the session and gives back its connection slot. go-smtp
-// calls it once per session: when the connection closes, and at STARTTLS
-// (the next EHLO starts a new session, which takes a slot again).
-func (s *Session) Logout() error {
-	if !s.released {
-		s.released = true
-		s.b.limits().releaseConn(s.ip)
-	}
-	return nil
-}
+// Logout ends the session: go-smtp calls it when the connection closes
+// and at STARTTLS. The connection's slot is the Listener's, given back
+// when the connection closes.
+func (s *Session) Logout() error { return nil }
 
 func remoteIP(a net.Addr) string {
 	if host, _, err := net.SplitHostPort(a.String()); err == nil {

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -15,18 +16,28 @@ import (
 	"github.com/pecgw/pecgw/signer"
 )
 
-// mapUsers is a test Authenticator (the real one is Users).
+// mapUsers is a test Verifier (the real ones are Users and Dovecot).
 type mapUsers map[string]string
 
-func (m mapUsers) Authenticate(address, password string) bool {
+func (m mapUsers) Verify(_ context.Context, address, password string, _ ClientInfo) (bool, error) {
 	pw, ok := m[strings.ToLower(address)]
-	return ok && pw == password
+	return ok && pw == password, nil
+}
+
+// testUsers is the one user of the test servers.
+func testUsers() mapUsers { return mapUsers{"mario@pec.example.it": "s3cret"} }
+
+// fastPolicy is the AUTH policy of the test servers unless a test sets
+// its own Guard: the time floor and the delays shortened.
+func fastPolicy() AuthPolicy {
+	return AuthPolicy{MinAuthTime: time.Millisecond, Delay: time.Millisecond}
 }
 
 type testServer struct {
 	*fixture
 	be              *Backend
-	starttls, smtps string // addresses of the two listeners
+	gate            *ConnGate // of both listeners
+	starttls, smtps string    // addresses of the two listeners
 	client          *tls.Config
 }
 
@@ -41,18 +52,21 @@ func newTestServer(t *testing.T) *testServer {
 // before any connection.
 func newTestServerWith(t *testing.T, setup func(*Backend)) *testServer {
 	t.Helper()
-	return startTestServer(t, 10*time.Second, func(be *Backend) {
-		be.AuthDelay = time.Millisecond
-		if setup != nil {
-			setup(be)
-		}
-	})
+	return startTestServer(t, 10*time.Second, setup)
 }
 
 // startTestServer starts both listeners on one Backend, as pecgw serve
 // does, with go-smtp's per-command timeout set to readTimeout; configure
-// sets the Backend's fields before any connection.
+// (may be nil) sets the Backend's fields before any connection. Unless it
+// sets Auth, the Guard checks testUsers under fastPolicy.
 func startTestServer(t *testing.T, readTimeout time.Duration, configure func(*Backend)) *testServer {
+	t.Helper()
+	return startTestServerConns(t, readTimeout, configure, ConnLimits{})
+}
+
+// startTestServerConns is startTestServer with the listeners' connection
+// limits lim (listener.go).
+func startTestServerConns(t *testing.T, readTimeout time.Duration, configure func(*Backend), lim ConnLimits) *testServer {
 	t.Helper()
 	f := newFixture(t)
 	pki, err := signer.GenerateDevPKI(signer.DevPKIOptions{Domain: "pec.example.it", ProviderName: "Example", KeyType: "p256"})
@@ -63,10 +77,15 @@ func startTestServer(t *testing.T, readTimeout time.Duration, configure func(*Ba
 	serverTLS := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	roots := x509.NewCertPool()
 	roots.AddCert(pki.CACert)
-	be := &Backend{Acceptor: f.a, Users: mapUsers{"mario@pec.example.it": "s3cret"}, MaxMessageBytes: 1 << 20,
-		TransactionTimeout: 30 * time.Second, MinAuthTime: time.Millisecond}
-	configure(be)
+	be := &Backend{Acceptor: f.a, MaxMessageBytes: 1 << 20, TransactionTimeout: 30 * time.Second}
+	if configure != nil {
+		configure(be)
+	}
+	if be.Auth == nil {
+		be.Auth = NewGuard(testUsers(), fastPolicy(), be.Log)
+	}
 	ts := &testServer{fixture: f, be: be, client: &tls.Config{RootCAs: roots, ServerName: "localhost"}}
+	ts.gate = NewConnGate(lim, "localhost", be.Log)
 	for _, implicit := range []bool{false, true} {
 		s := smtp.NewServer(be)
 		s.Domain = "localhost"
@@ -78,12 +97,14 @@ func startTestServer(t *testing.T, readTimeout time.Duration, configure func(*Ba
 		if err != nil {
 			t.Fatal(err)
 		}
+		var implicitTLS *tls.Config
 		if implicit {
-			ln = tls.NewListener(ln, serverTLS)
+			implicitTLS = serverTLS
 			ts.smtps = ln.Addr().String()
 		} else {
 			ts.starttls = ln.Addr().String()
 		}
+		ln = NewListener(ln, ts.gate, implicitTLS)
 		go s.Serve(ln)
 		t.Cleanup(func() { s.Close() })
 	}

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base64"
@@ -55,47 +56,126 @@ const (
 const dummyHash = "$argon2id$v=19$m=65536,t=3,p=2$cGVjZ3ctZHVtbXktc2FsdA$+IRg70ZWNjQhiwYdfrSI2lj169kq3gLS+pOQ8nXFgjA"
 
 // Users is the set of users allowed to submit, loaded from a users file
-// by LoadUsers. Its methods are safe for concurrent use; Replace swaps in
-// a reloaded file (SIGHUP) while sessions authenticate.
+// by LoadUsers. Its methods are safe for concurrent use. It follows its
+// file: each Verify and Stamp looks whether the file changed (pecgw user
+// passwd|del write it while the daemon runs) and reads it again if so;
+// Replace swaps in a reloaded file (SIGHUP).
 type Users struct {
+	path string
+
 	mu        sync.RWMutex
 	byAddr    map[string]string // lower-case address → PHC hash
 	addresses []string          // as written, in file order
-
-	// sem bounds simultaneous verifications: each argon2id one takes
-	// 64 MiB, so a burst of AUTH must not take connections × 64 MiB.
-	sem chan struct{}
+	file      fileStamp         // of the file the set was read from
+	// reloadErr is the error of the last reading of a changed file that
+	// failed (the set read before stays); nil once one succeeds.
+	reloadErr error
 }
+
+// fileStamp tells whether a file changed: a rename over it (safeio)
+// changes the inode, a write in place the size or the times.
+type fileStamp struct {
+	ino, size, mtime, ctime int64
+}
+
+func stampOf(fi fs.FileInfo) fileStamp {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fileStamp{size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+	}
+	return fileStamp{ino: int64(st.Ino), size: st.Size, mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}
+}
+
+// DefaultHashSlots is the default number of password verifications at
+// once: one per CPU, at least 2. Each argon2id verification takes its m
+// of memory (64 MiB for the hashes HashPassword makes).
+func DefaultHashSlots() int { return max(2, runtime.GOMAXPROCS(0)) }
 
 // LoadUsers reads a users file. The error names the file and the line of
 // every malformed line.
 func LoadUsers(path string) (*Users, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("users file: %w", err)
-	}
-	lines, err := parseUsers(path, data)
-	if err != nil {
+	u := &Users{path: path}
+	if err := u.load(); err != nil {
 		return nil, err
 	}
-	u := &Users{byAddr: map[string]string{}, sem: make(chan struct{}, max(2, runtime.GOMAXPROCS(0)))}
+	return u, nil
+}
+
+func (u *Users) load() error {
+	f, err := os.Open(u.path)
+	if err != nil {
+		return fmt.Errorf("users file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("users file: %w", err)
+	}
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return fmt.Errorf("users file: %w", err)
+	}
+	lines, err := parseUsers(u.path, data)
+	if err != nil {
+		return err
+	}
+	byAddr, addresses := map[string]string{}, []string(nil)
 	for _, l := range lines {
 		if l.addr != "" {
-			u.byAddr[strings.ToLower(l.addr)] = l.hash
-			u.addresses = append(u.addresses, l.addr)
+			byAddr[strings.ToLower(l.addr)] = l.hash
+			addresses = append(addresses, l.addr)
 		}
 	}
-	return u, nil
+	u.mu.Lock()
+	u.byAddr, u.addresses, u.file, u.reloadErr = byAddr, addresses, stampOf(fi), nil
+	u.mu.Unlock()
+	return nil
+}
+
+// refresh reads the file again if it changed since it was read. A file
+// that cannot be read or parsed leaves the set as it was (ReloadError
+// says why), as a failed SIGHUP reload does.
+func (u *Users) refresh() {
+	if u.path == "" {
+		return
+	}
+	fi, err := os.Stat(u.path)
+	if err != nil {
+		u.mu.Lock()
+		u.reloadErr = fmt.Errorf("users file: %w", err)
+		u.mu.Unlock()
+		return
+	}
+	u.mu.RLock()
+	same := u.file == stampOf(fi)
+	u.mu.RUnlock()
+	if same {
+		return
+	}
+	if err := u.load(); err != nil {
+		u.mu.Lock()
+		u.reloadErr = err
+		u.file = stampOf(fi) // not again until it changes again
+		u.mu.Unlock()
+	}
+}
+
+// ReloadError is why the last change of the users file could not be
+// read (the users read before still apply), or nil.
+func (u *Users) ReloadError() error {
+	u.mu.RLock()
+	defer u.mu.RUnlock()
+	return u.reloadErr
 }
 
 // Replace makes u hold the users of n (a reloaded file). Sessions that
 // are authenticating finish against the old set.
 func (u *Users) Replace(n *Users) {
 	n.mu.RLock()
-	byAddr, addresses := n.byAddr, n.addresses
+	byAddr, addresses, file := n.byAddr, n.addresses, n.file
 	n.mu.RUnlock()
 	u.mu.Lock()
-	u.byAddr, u.addresses = byAddr, addresses
+	u.byAddr, u.addresses, u.file, u.reloadErr = byAddr, addresses, file, nil
 	u.mu.Unlock()
 }
 
@@ -106,19 +186,50 @@ func (u *Users) Addresses() []string {
 	return append([]string(nil), u.addresses...)
 }
 
+// MaxHashMemory is the largest memory, in bytes, one verification of a
+// password of u takes (argon2id's m; bcrypt's few KiB count as 0), and
+// at least that of the hash unknown users are checked against.
+func (u *Users) MaxHashMemory() int64 {
+	p, _ := parseArgon2id(dummyHash)
+	m := int64(p.memory)
+	u.mu.RLock()
+	defer u.mu.RUnlock()
+	for _, h := range u.byAddr {
+		if p, err := parseArgon2id(h); err == nil {
+			m = max(m, int64(p.memory))
+		}
+	}
+	return m << 10
+}
+
+// Stamp is the hash of user's password now (Stamper): a cached
+// verification holds only while it is the same.
+func (u *Users) Stamp(user string) (string, bool) {
+	u.refresh()
+	u.mu.RLock()
+	defer u.mu.RUnlock()
+	h, ok := u.byAddr[strings.ToLower(user)]
+	return h, ok
+}
+
+// Verify is Authenticate for the Guard (Verifier): the users file always
+// answers.
+func (u *Users) Verify(_ context.Context, user, password string, _ ClientInfo) (bool, error) {
+	u.refresh()
+	return u.Authenticate(user, password), nil
+}
+
 // Authenticate reports whether password is the password of address.
 // Addresses compare case-insensitively: a PEC mailbox is one mailbox
 // whatever the case its owner types (RFC 5321 §2.4 lets the server
 // decide). An unknown address costs the same argon2id verification as a
-// known one, so the time of the answer does not tell which exist.
+// known one, so the time of the answer does not tell which exist. The
+// number of verifications at once is the Guard's to bound (its hashing
+// slots).
 func (u *Users) Authenticate(address, password string) bool {
 	u.mu.RLock()
 	hash, ok := u.byAddr[strings.ToLower(address)]
 	u.mu.RUnlock()
-	if u.sem != nil { // nil in a zero Users, which has no users
-		u.sem <- struct{}{}
-		defer func() { <-u.sem }()
-	}
 	if !ok {
 		verify(dummyHash, password)
 		return false

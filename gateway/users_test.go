@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -326,5 +327,48 @@ func TestHashPassword(t *testing.T) {
 		if _, err := HashPassword(pw); err == nil {
 			t.Errorf("HashPassword(%q) accepted", pw)
 		}
+	}
+}
+
+// TestUsersFollowTheFile: a users file rewritten while the daemon runs
+// (pecgw user passwd|del rename a new file over it) is read again at the
+// next check, without SIGHUP; a broken rewrite leaves the users as they
+// were and says why.
+func TestUsersFollowTheFile(t *testing.T) {
+	path := writeUsers(t, "mario@pec.example.it:"+bcryptHash(t, "old", "$2b$")+"\n")
+	u, err := LoadUsers(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stamp, _ := u.Stamp("mario@pec.example.it")
+	replace := func(text string) {
+		tmp := path + ".new"
+		if err := os.WriteFile(tmp, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	replace("mario@pec.example.it:" + bcryptHash(t, "new", "$2b$") + "\nanna@pec.example.it:" + bcryptHash(t, "anna", "$2b$") + "\n")
+	if ok, _ := u.Verify(context.Background(), "mario@pec.example.it", "new", ClientInfo{}); !ok {
+		t.Error("new password refused after the file changed")
+	}
+	if ok, _ := u.Verify(context.Background(), "mario@pec.example.it", "old", ClientInfo{}); ok {
+		t.Error("old password accepted after the file changed")
+	}
+	if s, _ := u.Stamp("mario@pec.example.it"); s == stamp {
+		t.Error("the stamp did not change with the password")
+	}
+	replace("anna@pec.example.it:" + bcryptHash(t, "anna", "$2b$") + "\n") // user del mario
+	if _, ok := u.Stamp("mario@pec.example.it"); ok {
+		t.Error("a deleted user still has a stamp")
+	}
+	replace("this line is broken\n")
+	if ok, _ := u.Verify(context.Background(), "anna@pec.example.it", "anna", ClientInfo{}); !ok {
+		t.Error("a broken rewrite dropped the users read before")
+	}
+	if err := u.ReloadError(); err == nil || !strings.Contains(err.Error(), path+":1") {
+		t.Errorf("ReloadError = %v, want the file and line", err)
 	}
 }

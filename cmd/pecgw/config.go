@@ -27,11 +27,16 @@ func cmdCheckConfig(args []string, stdout io.Writer) error {
 	if err == nil {
 		err = c.CheckFiles()
 		if err == nil {
-			if _, statErr := os.Stat(c.Users.File); statErr == nil {
+			if _, statErr := os.Stat(c.Users.File); statErr == nil && c.Users.Backend == "file" {
 				if _, uerr := gateway.LoadUsers(c.Users.File); uerr != nil {
 					for _, e := range flatten(uerr) {
 						problems = append(problems, fmt.Errorf("users.file: %w", e))
 					}
+				}
+			}
+			if _, aerr := gateway.LoadAccounts(c.Users.Suspended); aerr != nil {
+				for _, e := range flatten(aerr) {
+					problems = append(problems, fmt.Errorf("users.suspended: %w", e))
 				}
 			}
 		}

@@ -106,13 +106,15 @@ type server struct {
 	txlog   *logstore.Log
 	dedup   dedup.Store
 	accept  *gateway.Acceptor
-	users   *gateway.Users
+	users   *gateway.Users   // users.backend = "file"
+	dovecot *gateway.Dovecot // users.backend = "dovecot"
 	cert    atomic.Pointer[tls.Certificate]
 	servers []*smtp.Server
-	lns     []net.Listener      // what the servers serve (TLS over tracked for SMTPS)
-	tracked []*gateway.Listener // the TCP listeners, with their connections
-	grace   time.Duration       // shutdownGrace; shorter in tests
-	healed  chan struct{}       // the transaction log took records again (logstore/heal.go)
+	lns     []net.Listener      // what the servers serve
+	tracked []*gateway.Listener // the same, with their connections
+	guard   *gateway.Guard
+	grace   time.Duration // shutdownGrace; shorter in tests
+	healed  chan struct{} // the transaction log took records again (logstore/heal.go)
 }
 
 func newServer(cfgPath string, stderr io.Writer) (*server, error) {
@@ -146,7 +148,8 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.users, err = gateway.LoadUsers(cfg.Users.File); err != nil {
+	verifier, err := s.verifier()
+	if err != nil {
 		return nil, err
 	}
 	outbound, mailboxes, err := targets(cfg)
@@ -226,21 +229,30 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 	}
 	s.accept = acceptor
 	lim := cfg.Limits
-	backend := &gateway.Backend{
-		Log:                     logger,
-		Acceptor:                acceptor,
-		Users:                   s.users,
-		MaxMessageBytes:         lim.MaxMessageBytes,
-		TransactionTimeout:      lim.DataTimeout,
-		MaxConnections:          lim.MaxConnections,
-		MaxConnectionsPerIP:     lim.MaxConnectionsPerIP,
-		CommandTimeout:          lim.CommandTimeout,
-		DataTimeout:             lim.DataTimeout,
-		AuthFailuresBeforeDelay: lim.AuthFailuresBeforeDelay,
-		AuthLockoutFailures:     lim.AuthLockoutFailures,
-		AuthLockout:             lim.AuthLockout,
-		MinAuthTime:             lim.MinAuthTime,
+	s.guard = gateway.NewGuard(verifier, authPolicy(cfg), logger)
+	s.statePasswordMemory()
+	accounts, err := gateway.LoadAccounts(cfg.Users.Suspended)
+	if err != nil {
+		return nil, err
 	}
+	backend := &gateway.Backend{
+		Log:                logger,
+		Acceptor:           acceptor,
+		Auth:               s.guard,
+		Accounts:           accounts,
+		MaxMessageBytes:    lim.MaxMessageBytes,
+		TransactionTimeout: lim.DataTimeout,
+		CommandTimeout:     lim.CommandTimeout,
+		DataTimeout:        lim.DataTimeout,
+	}
+	gate := gateway.NewConnGate(gateway.ConnLimits{
+		Total:          lim.MaxConnections,
+		PerAddress:     lim.MaxConnectionsPerIP,
+		PerNetwork:     lim.MaxConnectionsPerNetwork,
+		PreAuthTimeout: lim.PreAuthTimeout,
+		LoginTimeout:   lim.LoginTimeout,
+	}, cfg.Listen.Hostname, logger)
+	raiseFileLimit(lim.MaxConnections, logger)
 	tlsConf := &tls.Config{
 		MinVersion:     cfg.TLSMinVersion(),
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.cert.Load(), nil },
@@ -257,12 +269,13 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 			s.closeAll()
 			return nil, fmt.Errorf("listen %s: %w", l.addr, err)
 		}
-		tracked := gateway.NewListener(tcp)
+		var implicitTLS *tls.Config
+		if l.implicit {
+			implicitTLS = tlsConf
+		}
+		tracked := gateway.NewListener(tcp, gate, implicitTLS)
 		s.tracked = append(s.tracked, tracked)
 		var ln net.Listener = tracked
-		if l.implicit {
-			ln = tls.NewListener(ln, tlsConf)
-		}
 		srv := smtp.NewServer(backend)
 		srv.Domain = cfg.Listen.Hostname
 		srv.TLSConfig = tlsConf
@@ -305,7 +318,8 @@ func (s *server) run(ctx context.Context, hup <-chan os.Signal, stdout io.Writer
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, smtp.ErrServerClosed) {
+			// net.ErrClosed: stop closed our listener before Shutdown.
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, smtp.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 				s.log.Error("listener stopped", zap.String("event", "smtp.error"), zap.Error(err))
 			}
 		}()
@@ -325,6 +339,9 @@ func (s *server) run(ctx context.Context, hup <-chan os.Signal, stdout io.Writer
 		case <-ctx.Done():
 			s.stop()
 			wg.Wait()
+			if s.dovecot != nil {
+				s.dovecot.Close()
+			}
 			return errors.Join(s.txlog.Close(), s.dedup.Close())
 		case <-hup:
 			s.reload()
@@ -348,7 +365,9 @@ func (s *server) stop() {
 	defer cancel()
 	late := false
 	for _, srv := range s.servers {
-		if err := srv.Shutdown(sctx); err != nil {
+		// Only the end of the grace counts: Shutdown's other error is
+		// the second close of a listener closed above.
+		if err := srv.Shutdown(sctx); errors.Is(err, context.DeadlineExceeded) {
 			late = true
 		}
 	}
@@ -384,11 +403,16 @@ func (s *server) redeliver(ctx context.Context) {
 }
 
 func (s *server) reload() {
-	if u, err := gateway.LoadUsers(s.cfg.Users.File); err != nil {
-		s.log.Error("users not reloaded", zap.String("event", "server.reload"), zap.Error(err))
-	} else {
-		s.users.Replace(u)
+	if s.users != nil {
+		if u, err := gateway.LoadUsers(s.cfg.Users.File); err != nil {
+			s.log.Error("users not reloaded", zap.String("event", "server.reload"), zap.Error(err))
+		} else {
+			s.users.Replace(u)
+		}
 	}
+	// Verified passwords are forgotten: where the users are elsewhere
+	// (Dovecot), nothing else tells that a password changed.
+	s.guard.DropCache()
 	if err := s.loadCert(); err != nil {
 		s.log.Error("TLS certificate not reloaded", zap.String("event", "server.reload"), zap.Error(err))
 	}

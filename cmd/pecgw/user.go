@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/pecgw/pecgw/config"
 	"github.com/pecgw/pecgw/gateway"
@@ -14,6 +15,8 @@ import (
 
 const userUsage = "pecgw user add|passwd ADDRESS --config FILE (--password-stdin | --generate)\n" +
 	"       pecgw user del ADDRESS --config FILE\n" +
+	"       pecgw user suspend ADDRESS --config FILE [--reason TEXT]\n" +
+	"       pecgw user resume ADDRESS --config FILE\n" +
 	"       pecgw user list --config FILE"
 
 // cmdUser edits and lists the users file named by the configuration.
@@ -26,6 +29,7 @@ func cmdUser(args []string, stdin io.Reader, stdout io.Writer) error {
 	path := fs.String("config", defaultConfig, "")
 	fromStdin := fs.Bool("password-stdin", false, "")
 	generate := fs.Bool("generate", false, "")
+	reason := fs.String("reason", "", "")
 	pos, err := parseInterspersed(fs, args[1:])
 	if err != nil {
 		return err
@@ -34,7 +38,7 @@ func cmdUser(args []string, stdin io.Reader, stdout io.Writer) error {
 	switch sub {
 	case "add", "passwd":
 		needPassword = true
-	case "del":
+	case "del", "suspend", "resume":
 	case "list":
 		needAddr = false
 	default:
@@ -49,6 +53,8 @@ func cmdUser(args []string, stdin io.Reader, stdout io.Writer) error {
 		return fmt.Errorf("%w: user %s needs one of --password-stdin and --generate\n%s", errUsage, sub, userUsage)
 	case !needPassword && (*fromStdin || *generate):
 		return fmt.Errorf("%w: user %s takes no password\n%s", errUsage, sub, userUsage)
+	case sub != "suspend" && *reason != "":
+		return fmt.Errorf("%w: only user suspend takes --reason\n%s", errUsage, userUsage)
 	}
 
 	c, err := config.Load(*path)
@@ -57,18 +63,31 @@ func cmdUser(args []string, stdin io.Reader, stdout io.Writer) error {
 	}
 	file := c.Users.File
 
-	if sub == "list" {
-		u, err := gateway.LoadUsers(file)
-		if err != nil {
+	switch sub {
+	case "list":
+		return listUsers(c, stdout)
+	case "suspend":
+		// The account stays: its owner logs in and its log stays
+		// queryable (RFC 6109 §2.3); only sending is refused.
+		if err := gateway.SuspendAccount(c.Users.Suspended, pos[0], *reason, time.Now()); err != nil {
 			return err
 		}
-		for _, a := range u.Addresses() {
-			fmt.Fprintln(stdout, a)
-		}
+		fmt.Fprintf(stdout, "suspended %s\n", pos[0])
 		return nil
+	case "resume":
+		if err := gateway.ResumeAccount(c.Users.Suspended, pos[0]); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "resumed %s\n", pos[0])
+		return nil
+	}
+	if c.Users.Backend != "file" {
+		return fmt.Errorf("users.backend = %q: the users and their passwords are managed there, not with pecgw user %s", c.Users.Backend, sub)
 	}
 	addr := pos[0]
 	if sub == "del" {
+		// Only the users file changes: the transaction log keeps every
+		// record of the account for its 30 months (RFC 6109 §2.3).
 		if err := gateway.DeleteUser(file, addr); err != nil {
 			return err
 		}
@@ -104,6 +123,44 @@ func cmdUser(args []string, stdin io.Reader, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "%s %s\n", verb, addr)
 	if *generate {
 		fmt.Fprintf(stdout, "password: %s\n", password)
+	}
+	return nil
+}
+
+// listUsers prints the users of the users file, and the suspended
+// accounts with their date and reason.
+func listUsers(c *config.Config, stdout io.Writer) error {
+	acc, err := gateway.LoadAccounts(c.Users.Suspended)
+	if err != nil {
+		return err
+	}
+	suspended := map[string]gateway.Suspension{}
+	for _, s := range acc.List() {
+		suspended[strings.ToLower(s.Address)] = s
+	}
+	note := func(addr string) string {
+		s, ok := suspended[strings.ToLower(addr)]
+		if !ok {
+			return ""
+		}
+		delete(suspended, strings.ToLower(addr))
+		return fmt.Sprintf("\tsuspended since %s: %s", s.Since.Format("2006-01-02"), s.Reason)
+	}
+	if c.Users.Backend == "file" {
+		u, err := gateway.LoadUsers(c.Users.File)
+		if err != nil {
+			return err
+		}
+		for _, a := range u.Addresses() {
+			fmt.Fprintf(stdout, "%s%s\n", a, note(a))
+		}
+	}
+	// Suspended accounts not in the users file (Dovecot's users, or
+	// deleted since).
+	for _, s := range acc.List() {
+		if _, left := suspended[strings.ToLower(s.Address)]; left {
+			fmt.Fprintf(stdout, "%s%s\n", s.Address, note(s.Address))
+		}
 	}
 	return nil
 }
