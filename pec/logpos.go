@@ -31,7 +31,7 @@ import (
 // pecgw verify --log checks that it still does.
 //
 // Where the rules stand: the digest of the PEC rules
-// (../shared/spec/pec-spec-digest.md) lists the header fields of each
+// (docs/pec-spec-digest.md) lists the header fields of each
 // message on its outer header (§2.2-§2.4) and gives the signed entity's
 // own header as MIME-Version (optional) and Content-Type only (§2.1); it
 // says nothing of other fields there, for or against. What it does say

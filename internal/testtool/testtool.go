@@ -4,6 +4,7 @@
 package testtool
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,29 +46,25 @@ func debianPackage(name string) string {
 	}
 }
 
-// SharedSamples returns the folder of real PEC messages kept beside the
-// repository (../shared/samples from the module root; they are reference
-// material, not part of the project). It skips, or fails under
-// PECGW_NO_SKIP, when the folder is absent.
+// SamplesEnv names the folder of the reference samples: four real PEC
+// messages of a production provider (Aruba PEC, 2014), published as test
+// data by OCA/l10n-italy (branch 7.0, l10n_it_pec_messages/tests/data/)
+// under AGPL-3.0, and for that reason not copied into this repository.
+// .ci/run sets it; docs/pec-spec-digest.md says what they show.
+const SamplesEnv = "PECGW_SAMPLES"
+
+// SharedSamples returns the folder of the reference samples named by
+// PECGW_SAMPLES. It skips, or fails under PECGW_NO_SKIP, when the
+// variable is unset or the folder is absent.
 func SharedSamples(t testing.TB) string {
 	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
+	s := os.Getenv(SamplesEnv)
+	if s == "" {
+		Missing(t, SamplesEnv+" is not set: point it at a folder holding the OCA/l10n-italy PEC samples (oca_message1.eml, oca_message2.eml, oca_aruba_accettazione.eml, oca_aruba_consegna.eml)")
+		return ""
 	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.mod not found above the test's folder")
-		}
-		dir = parent
-	}
-	s := filepath.Join(dir, "..", "shared", "samples")
-	if _, err := os.Stat(s); err != nil {
-		Missing(t, "the reference samples folder ../shared/samples is not beside the repository")
+	if _, err := os.Stat(filepath.Join(s, "oca_message1.eml")); err != nil {
+		Missing(t, fmt.Sprintf("%s=%s holds no oca_message1.eml: %v", SamplesEnv, s, err))
 	}
 	return s
 }
