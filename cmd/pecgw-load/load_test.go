@@ -507,7 +507,9 @@ func TestInterrupt(t *testing.T) {
 	time.AfterFunc(600*time.Millisecond, cancel)
 	code, out, errOut = runCLI(ctx, "compare", "--pecgw", b.Addr(), "--bare", b.Addr(), "--insecure", "--user", "u@example.it",
 		"--clients", "2", "--round", "250ms", "--rounds", "50")
-	if code != exitInterrupted || !strings.Contains(out, "interrupted") || !strings.Contains(out, "pecgw/bare messages/s: median") {
+	if code != exitInterrupted || !strings.Contains(out, "interrupted") || !strings.Contains(out, "pecgw/bare messages/s: ") {
+		// On a loaded machine the cut may come before the first pair ends
+		// ("no complete pair of rounds"): the summary is printed either way.
 		t.Errorf("compare interrupted: exit %d (want 130)\n%s%s", code, out, errOut)
 	}
 }

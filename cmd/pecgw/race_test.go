@@ -1,0 +1,6 @@
+//go:build race
+
+package main
+
+// raceEnabled: built with -race (timed tests under attack skip; .ci/run runs them on their own).
+const raceEnabled = true
