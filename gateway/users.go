@@ -70,6 +70,10 @@ type Users struct {
 	// reloadErr is the error of the last reading of a changed file that
 	// failed (the set read before stays); nil once one succeeds.
 	reloadErr error
+
+	// worker, when set (UseWorker), does Verify's hashing in a child
+	// process at the lowest CPU priority (hashworker.go).
+	worker *HashWorker
 }
 
 // fileStamp tells whether a file changed: a rename over it (safeio)
@@ -212,11 +216,26 @@ func (u *Users) Stamp(user string) (string, bool) {
 	return h, ok
 }
 
-// Verify is Authenticate for the Guard (Verifier): the users file always
-// answers.
-func (u *Users) Verify(_ context.Context, user, password string, _ ClientInfo) (bool, error) {
+// UseWorker makes Verify hash in w's child process. Call it before the
+// Users serve logins.
+func (u *Users) UseWorker(w *HashWorker) { u.worker = w }
+
+// Verify is Authenticate for the Guard (Verifier). Hashing inline, the
+// users file always answers; in a worker (UseWorker), an error is a
+// worker that did not answer (the Guard replies 454 4.7.0, try again).
+func (u *Users) Verify(ctx context.Context, user, password string, _ ClientInfo) (bool, error) {
 	u.refresh()
-	return u.Authenticate(user, password), nil
+	if u.worker == nil {
+		return u.Authenticate(user, password), nil
+	}
+	u.mu.RLock()
+	hash, ok := u.byAddr[strings.ToLower(user)]
+	u.mu.RUnlock()
+	if !ok {
+		hash = dummyHash // the same cost for an unknown address
+	}
+	good, err := u.worker.Check(ctx, hash, password)
+	return good && ok, err
 }
 
 // Authenticate reports whether password is the password of address.

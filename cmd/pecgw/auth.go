@@ -2,6 +2,10 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -31,6 +35,51 @@ func (s *server) verifier() (gateway.Verifier, error) {
 	}
 	s.users = users
 	return users, nil
+}
+
+// startHashWorker moves the password hashing of the users file into a
+// child process, pecgw hash-worker, at the lowest CPU priority
+// (gateway/hashworker.go; docs/configuration.md, "Logins under attack"):
+// an AUTH flood then takes only CPU time nothing else of the daemon
+// wants. If the child cannot start, the hashing stays in the daemon and
+// the start says so.
+func (s *server) startHashWorker() {
+	if s.users == nil {
+		return // Dovecot hashes
+	}
+	exe, err := os.Executable()
+	if err == nil {
+		var w *gateway.HashWorker
+		w, err = gateway.NewHashWorker(gateway.HashWorkerCommand(exe, s.guard.Policy().Slots), func(msg string, err error) {
+			s.log.Warn(msg, zap.String("event", "auth.worker"), zap.Error(err))
+		})
+		if err == nil {
+			s.users.UseWorker(w)
+			s.hashWorker = w
+			s.log.Info("password worker started", zap.String("event", "server.start"), zap.Int("pid", w.Pid()), zap.Int("nice", 19))
+			return
+		}
+	}
+	s.log.Warn("password worker not started: passwords are checked in the daemon, where an AUTH flood competes with the rest for the CPU",
+		zap.String("event", "config.warning"), zap.Error(err))
+}
+
+// cmdHashWorker is the password worker: it answers the daemon over its
+// stdin and stdout until the daemon closes them (gateway.ServeHashWorker).
+// It is the daemon's own child, never started by hand.
+func cmdHashWorker(args []string, stdin io.Reader, stdout io.Writer) error {
+	if len(args) != 1 {
+		return fmt.Errorf("%w: hash-worker SLOTS (the daemon starts it)", errUsage)
+	}
+	slots, err := strconv.Atoi(args[0])
+	if err != nil || slots < 1 {
+		return fmt.Errorf("%w: hash-worker: slots %q is not a positive number", errUsage, args[0])
+	}
+	// A Ctrl-C or a stop reaches the whole process group: the worker
+	// ends when the daemon closes its stdin, after answering what it
+	// was asked, not before.
+	signal.Ignore(os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	return gateway.ServeHashWorker(stdin, stdout, slots)
 }
 
 // authPolicy is the Guard's policy from the configuration.

@@ -43,6 +43,11 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "hash-worker" {
+		// newServer in this process starts its password worker as
+		// os.Executable() hash-worker: this test binary.
+		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	}
 	if spec := os.Getenv(holdEnv); spec != "" {
 		os.Exit(holdConnections(spec)) // limits_test.go: a process that only holds connections
 	}

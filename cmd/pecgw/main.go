@@ -68,6 +68,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = cmdLog(args[1:], stdout, stderr)
 	case "spool":
 		err = cmdSpool(args[1:], stdout)
+	case "hash-worker":
+		err = cmdHashWorker(args[1:], stdin, stdout)
 	default:
 		fmt.Fprintf(stderr, "pecgw: unknown command %q\n\n%s", args[0], usage)
 		return 2

@@ -108,13 +108,16 @@ type server struct {
 	accept  *gateway.Acceptor
 	users   *gateway.Users   // users.backend = "file"
 	dovecot *gateway.Dovecot // users.backend = "dovecot"
-	cert    atomic.Pointer[tls.Certificate]
-	servers []*smtp.Server
-	lns     []net.Listener      // what the servers serve
-	tracked []*gateway.Listener // the same, with their connections
-	guard   *gateway.Guard
-	grace   time.Duration // shutdownGrace; shorter in tests
-	healed  chan struct{} // the transaction log took records again (logstore/heal.go)
+	// hashWorker checks the users file's passwords in a child process
+	// (startHashWorker); nil when they are checked in the daemon.
+	hashWorker *gateway.HashWorker
+	cert       atomic.Pointer[tls.Certificate]
+	servers    []*smtp.Server
+	lns        []net.Listener      // what the servers serve
+	tracked    []*gateway.Listener // the same, with their connections
+	guard      *gateway.Guard
+	grace      time.Duration // shutdownGrace; shorter in tests
+	healed     chan struct{} // the transaction log took records again (logstore/heal.go)
 }
 
 func newServer(cfgPath string, stderr io.Writer) (*server, error) {
@@ -230,9 +233,11 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 	s.accept = acceptor
 	lim := cfg.Limits
 	s.guard = gateway.NewGuard(verifier, authPolicy(cfg), logger)
+	s.startHashWorker()
 	s.statePasswordMemory()
 	accounts, err := gateway.LoadAccounts(cfg.Users.Suspended)
 	if err != nil {
+		s.closeAll()
 		return nil, err
 	}
 	backend := &gateway.Backend{
@@ -342,6 +347,9 @@ func (s *server) run(ctx context.Context, hup <-chan os.Signal, stdout io.Writer
 			if s.dovecot != nil {
 				s.dovecot.Close()
 			}
+			if s.hashWorker != nil {
+				s.hashWorker.Close()
+			}
 			return errors.Join(s.txlog.Close(), s.dedup.Close())
 		case <-hup:
 			s.reload()
@@ -428,6 +436,9 @@ func (s *server) closeAll() {
 	}
 	if s.dedup != nil {
 		s.dedup.Close()
+	}
+	if s.hashWorker != nil {
+		s.hashWorker.Close()
 	}
 }
 
