@@ -6,9 +6,12 @@ import (
 	"crypto/subtle"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,6 +39,12 @@ type BareConfig struct {
 	// OnMessage, when set, gets every message accepted (tests); without
 	// it DATA is read and discarded.
 	OnMessage func(from string, to []string, data []byte)
+	// Durable, when set, is a maildir where every message is written
+	// durably before its 250, as a bare MTA delivers: a file in tmp/,
+	// fsync, link into new/, unlink from tmp/, fsync of new/ (one fsync of
+	// each per message, nothing shared between messages). It is the
+	// baseline of issue 12: what one durable file per message costs.
+	Durable string
 }
 
 // BareServer is a running bare server.
@@ -45,6 +54,8 @@ type BareServer struct {
 	ln      net.Listener // what srv serves: tracked, under TLS for implicit
 	tracked *countingListener
 	pwHash  [32]byte
+	newDir  *os.File      // Durable's new/, fsync'd after each link
+	seq     atomic.Int64  // Durable's file names
 	done    chan struct{} // closed when Serve has returned
 	stopped atomic.Bool
 
@@ -88,8 +99,23 @@ func StartBare(cfg BareConfig) (*BareServer, error) {
 		tc.MinVersion = tls.VersionTLS12 // pecgw's tls.min_version default
 	}
 	b := &BareServer{cfg: cfg, done: make(chan struct{}), pwHash: sha256.Sum256([]byte(cfg.Password))}
+	if cfg.Durable != "" {
+		for _, sub := range []string{"tmp", "new", "cur"} {
+			if err := os.MkdirAll(filepath.Join(cfg.Durable, sub), 0o700); err != nil {
+				return nil, fmt.Errorf("--durable: %w", err)
+			}
+		}
+		d, err := os.Open(filepath.Join(cfg.Durable, "new"))
+		if err != nil {
+			return nil, fmt.Errorf("--durable: %w", err)
+		}
+		b.newDir = d
+	}
 	tcp, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
+		if b.newDir != nil {
+			b.newDir.Close()
+		}
 		return nil, err
 	}
 	b.tracked = &countingListener{Listener: tcp}
@@ -152,6 +178,9 @@ func (b *BareServer) Shutdown(ctx context.Context) error {
 	}
 	b.srv.Close() // the connections still open
 	<-b.done
+	if b.newDir != nil {
+		b.newDir.Close()
+	}
 	return err
 }
 
@@ -274,11 +303,16 @@ func (s *bareSession) Data(r io.Reader) error {
 	if s.user == "" {
 		return bareAuthRequired
 	}
-	if s.b.cfg.OnMessage == nil {
+	switch {
+	case s.b.newDir != nil:
+		if err := s.b.deliver(r); err != nil {
+			return err
+		}
+	case s.b.cfg.OnMessage == nil:
 		if _, err := io.Copy(io.Discard, r); err != nil {
 			return err
 		}
-	} else {
+	default:
 		data, err := io.ReadAll(r)
 		if err != nil {
 			return err
@@ -287,6 +321,39 @@ func (s *bareSession) Data(r io.Reader) error {
 	}
 	s.b.messages.Add(1)
 	s.from, s.rcpt = "", nil
+	return nil
+}
+
+// bareWriteFailed is the reply when Durable's write fails: the message is
+// not taken.
+var bareWriteFailed = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "message not written, try again later"}
+
+// deliver writes one message into Durable's maildir the way a bare MTA
+// does (maildir(5)): tmp/ file, fsync, link into new/, unlink, fsync new/.
+func (b *BareServer) deliver(r io.Reader) error {
+	name := fmt.Sprintf("%d.%d_%d.bare", time.Now().Unix(), os.Getpid(), b.seq.Add(1))
+	tmp := filepath.Join(b.cfg.Durable, "tmp", name)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return bareWriteFailed
+	}
+	_, err = io.Copy(f, r)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Link(tmp, filepath.Join(b.cfg.Durable, "new", name))
+	}
+	os.Remove(tmp)
+	if err == nil {
+		err = b.newDir.Sync()
+	}
+	if err != nil {
+		return bareWriteFailed
+	}
 	return nil
 }
 

@@ -17,11 +17,14 @@ import (
 	"net"
 	"net/mail"
 	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -45,6 +48,14 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "bare" {
+		// Bench starts its baselines as this executable's "bare"
+		// (TestBench): this test binary.
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := runMain(ctx, os.Args[1:], os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
+	}
 	dir, err := os.MkdirTemp("", "pecgw-load-test")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -633,4 +644,105 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// TestBareDurable: with Durable, each message the bare server answers 250
+// is a complete file in the maildir's new/, and tmp/ is left empty.
+func TestBareDurable(t *testing.T) {
+	dir := t.TempDir()
+	b, err := StartBare(BareConfig{
+		Addr: "127.0.0.1:0", TLS: TLSStartTLS, Durable: dir,
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{getPKI(t).cert}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	const n = 23
+	r, err := Run(context.Background(), Config{
+		Addr: b.Addr(), TLS: TLSStartTLS, TLSConfig: clientConfig(t), Auth: AuthPlain,
+		User: "u@example.it", Password: "p", Clients: 4, Messages: n, Mode: ModeReuse, Size: 4096, Timeout: 30 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Sent != n || r.Failed != 0 {
+		t.Fatalf("sent %d, failed %d %v; want %d sent", r.Sent, r.Failed, r.ErrorExamples, n)
+	}
+	files, err := os.ReadDir(filepath.Join(dir, "new"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != n {
+		t.Errorf("%d files in new/, want %d", len(files), n)
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(filepath.Join(dir, "new", f.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := mail.ReadMessage(bytes.NewReader(data))
+		if err != nil || m.Header.Get("Message-ID") == "" || len(data) < 4000 {
+			t.Errorf("new/%s: %d octets, %v: not the whole message", f.Name(), len(data), err)
+		}
+	}
+	if tmp, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(tmp) != 0 {
+		t.Errorf("%d files left in tmp/", len(tmp))
+	}
+}
+
+// TestBench runs pecgw-load bench end to end on a small load: the three
+// servers start from a fresh folder, every round of each is measured, and
+// the table has every figure (messages, latency, CPU, RSS, ratios).
+func TestBench(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds pecgw and runs three servers (-short)")
+	}
+	bin := filepath.Join(t.TempDir(), "pecgw")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/pecgw/pecgw/cmd/pecgw").CombinedOutput(); err != nil {
+		t.Fatalf("go build pecgw: %v\n%s", err, out)
+	}
+	dir := t.TempDir()
+	var log lockedBuffer
+	const n, rounds = 30, 2
+	res, err := Bench(context.Background(), BenchConfig{
+		Load: Config{
+			TLS: TLSStartTLS, Auth: AuthPlain, Clients: 3, Messages: n, Mode: ModeReuse, Size: 10 << 10, Timeout: 60 * time.Second,
+		},
+		PecgwBin: bin, KeyType: "p256", Dir: dir, Keep: true, Rounds: rounds, Self: os.Args[0], Log: &log,
+	})
+	if err != nil {
+		t.Fatalf("Bench: %v\n%s", err, log.String())
+	}
+	if len(res.Rows) != 3 {
+		t.Fatalf("%d rows, want 3", len(res.Rows))
+	}
+	for _, row := range res.Rows {
+		if row.Sent != n*rounds || row.Failed != 0 || len(row.Rounds) != rounds {
+			t.Errorf("%s: sent %d, errors %d %v, %d rounds; want %d sent, %d rounds", row.Server, row.Sent, row.Failed, row.ErrorCodes, len(row.Rounds), n*rounds, rounds)
+		}
+		if row.Rate <= 0 || row.PeakRSS <= 0 || row.CPUPerMsg <= 0 {
+			t.Errorf("%s: rate %v, peak RSS %d, CPU/msg %v: want all positive", row.Server, row.Rate, row.PeakRSS, row.CPUPerMsg)
+		}
+		checkLatency(t, row.Server, row.Message, n*rounds)
+	}
+	if len(res.VsSink) != rounds || len(res.VsDurable) != rounds || res.VsSinkMedian <= 0 || res.VsDurableMedian <= 0 {
+		t.Errorf("ratios %v %v, medians %v %v: want one per round, positive", res.VsSink, res.VsDurable, res.VsSinkMedian, res.VsDurableMedian)
+	}
+	// What each server did is on disk: the durable baseline's messages,
+	// pecgw's envelopes.
+	if files, _ := os.ReadDir(filepath.Join(dir, "durable", "new")); len(files) != n*rounds {
+		t.Errorf("durable baseline: %d messages in new/, want %d", len(files), n*rounds)
+	}
+	if files, _ := os.ReadDir(filepath.Join(dir, "pecgw", "outbound", "new")); len(files) != n*rounds {
+		t.Errorf("pecgw: %d envelopes in outbound/new/, want %d", len(files), n*rounds)
+	}
+	var out bytes.Buffer
+	printBench(&out, res)
+	for _, want := range []string{"sink", "durable", "pecgw (p256)", "pecgw / sink:", "pecgw / durable:", "CPU/msg", "peak RSS"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("table without %q:\n%s", want, out.String())
+		}
+	}
+	t.Logf("\n%s", out.String())
 }

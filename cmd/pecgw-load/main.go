@@ -26,12 +26,22 @@ usage:
   pecgw-load run --addr HOST:PORT --user U --password P [run flags]
         send load; print messages/s, errors by reply code, AUTH and message latency
   pecgw-load bare --addr HOST:PORT --cert FILE --key FILE [--tls implicit|starttls]
-                  [--password P] [--min-auth-time D] [--hostname NAME]
+                  [--password P] [--min-auth-time D] [--hostname NAME] [--durable DIR]
         run a bare go-smtp server (AUTH PLAIN and LOGIN, DATA read and discarded):
-        the baseline of what the SMTP library alone costs
+        the baseline of what the SMTP library alone costs; with --durable, each
+        message is written into the maildir DIR (tmp/ file, fsync, link into new/,
+        fsync new/) before its 250: what a bare durable MTA costs
   pecgw-load compare --pecgw HOST:PORT --bare HOST:PORT [--rounds 6] [--round 5s] [run flags]
         rounds against the two, alternated (pecgw, bare, pecgw, bare, ...); print
         each round and the ratio pecgw/bare of messages/s (median of the pairs)
+
+  pecgw-load bench --pecgw-bin FILE [--key-type p256|rsa] [--rounds 3] [--round 5s]
+                   [--dir DIR [--keep]] [run flags]
+        start a bare sink, a bare durable MTA (pecgw-load bare --durable) and pecgw
+        (pecgw init in a fresh folder), each a process of its own, drive each with
+        the same load in turn and print one table: msg/s, latency, server CPU per
+        message, peak RSS, and pecgw's ratio to each baseline. Its load defaults to
+        --mode reuse --size 10240 --tls starttls (issue 12's table)
 
 run flags:
   --addr HOST:PORT               the server (run only)
@@ -107,6 +117,8 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		code, err = cmdBare(ctx, args[1:], stdout, stderr)
 	case "compare":
 		code, err = cmdCompare(ctx, args[1:], stdout)
+	case "bench":
+		code, err = cmdBench(ctx, args[1:], stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "pecgw-load: unknown command %q\n\n%s", args[0], usage)
 		return exitUsage
@@ -249,12 +261,8 @@ func cmdRun(ctx context.Context, args []string, stdout io.Writer) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if *f.json {
-		if err := writeJSON(stdout, r); err != nil {
-			return 0, err
-		}
-	} else {
-		printResult(stdout, r)
+	if err := report(stdout, *f.json, r, func() { printResult(stdout, r) }); err != nil {
+		return 0, err
 	}
 	switch {
 	case r.Interrupted:
@@ -336,11 +344,12 @@ func cmdBare(ctx context.Context, args []string, stdout, stderr io.Writer) (int,
 	passwordFile := fs.String("password-file", "", "")
 	minAuth := fs.Duration("min-auth-time", 0, "")
 	hostname := fs.String("hostname", "", "")
+	durable := fs.String("durable", "", "")
 	set, err := parse(fs, args)
 	if err != nil {
 		return 0, err
 	}
-	cfg := BareConfig{Addr: *addr, TLS: *tlsMode, Password: *password, MinAuthTime: *minAuth, Domain: *hostname, ErrorLog: stderr}
+	cfg := BareConfig{Addr: *addr, TLS: *tlsMode, Password: *password, MinAuthTime: *minAuth, Domain: *hostname, ErrorLog: stderr, Durable: *durable}
 	switch {
 	case *certFile == "" || *keyFile == "":
 		return 0, usagef("--cert and --key are required")
@@ -372,7 +381,11 @@ func cmdBare(ctx context.Context, args []string, stdout, stderr io.Writer) (int,
 	if cfg.Password != "" {
 		auth = "one password"
 	}
-	fmt.Fprintf(stdout, "pecgw-load bare: listening on %s (%s, AUTH PLAIN and LOGIN, any user, %s)\n", b.Addr(), tlsName(cfg.TLS), auth)
+	data := "DATA read and discarded"
+	if cfg.Durable != "" {
+		data = "each message written durably into the maildir " + cfg.Durable
+	}
+	fmt.Fprintf(stdout, "pecgw-load bare: listening on %s (%s, AUTH PLAIN and LOGIN, any user, %s; %s)\n", b.Addr(), tlsName(cfg.TLS), auth, data)
 	<-ctx.Done()
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -381,6 +394,86 @@ func cmdBare(ctx context.Context, args []string, stdout, stderr io.Writer) (int,
 	fmt.Fprintf(stdout, "pecgw-load bare: stopped: %d sessions, %d messages, AUTH %d accepted, %d refused\n",
 		st.Sessions, st.Messages, st.AuthOK, st.AuthFailed)
 	return exitOK, nil
+}
+
+func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) (int, error) {
+	fs := newFlagSet("bench")
+	f := addRunFlags(fs)
+	bin := fs.String("pecgw-bin", "", "")
+	keyType := fs.String("key-type", "p256", "")
+	dir := fs.String("dir", "", "")
+	keep := fs.Bool("keep", false, "")
+	rounds := fs.Int("rounds", 3, "")
+	round := fs.Duration("round", 5*time.Second, "")
+	set, err := parse(fs, args)
+	if err != nil {
+		return 0, err
+	}
+	for _, name := range []string{"addr", "user", "password", "password-file", "ca", "insecure", "server-name", "rcpt", "duration"} {
+		if set[name] {
+			return 0, usagef("bench starts its own servers and user: --%s is not for it (--round sets the length of a round)", name)
+		}
+	}
+	switch {
+	case set["messages"] && set["round"]:
+		return 0, usagef("--round and --messages exclude each other")
+	}
+	// The load of issue 12's table, unless the flags say otherwise.
+	if !set["mode"] {
+		*f.mode = ModeReuse
+	}
+	if !set["size"] {
+		*f.size = 10 << 10
+	}
+	if !set["tls"] {
+		*f.tls = TLSStartTLS
+	}
+	*f.user, *f.password = "bench@pec.bench.test", "x" // set by Bench; for the checks
+	cfg, err := f.config(set)
+	if err != nil {
+		return 0, err
+	}
+	cfg.Duration = 0
+	if !set["messages"] {
+		cfg.Duration = *round // for validate; Bench sets each round's
+	}
+	cfg.Addr = "127.0.0.1:1"
+	if err := cfg.validate(); err != nil {
+		return 0, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return 0, err
+	}
+	bc := BenchConfig{Load: cfg, PecgwBin: *bin, KeyType: *keyType, Dir: *dir, Keep: *keep, Rounds: *rounds, Round: *round, Self: self, Log: stderr}
+	r, err := Bench(ctx, bc)
+	if err != nil {
+		return 0, err
+	}
+	if err := report(stdout, *f.json, r, func() { printBench(stdout, r) }); err != nil {
+		return 0, err
+	}
+	if r.Interrupted {
+		return exitInterrupted, nil
+	}
+	for _, row := range r.Rows {
+		if row.Failed > *f.maxErrors {
+			if !*f.json {
+				fmt.Fprintf(stdout, "FAIL: %s had %d errors, more than --max-errors %d\n", row.Server, row.Failed, *f.maxErrors)
+			}
+			return exitFailed, nil
+		}
+	}
+	return exitOK, nil
+}
+
+// report prints v as JSON, or as text.
+func report(w io.Writer, asJSON bool, v any, text func()) error {
+	if asJSON {
+		return writeJSON(w, v)
+	}
+	text()
+	return nil
 }
 
 func writeJSON(w io.Writer, v any) error {
