@@ -43,7 +43,8 @@ type Embedded struct {
 	size    int64 // of the journal: a failed append is cut back to it
 	broken  error // a failed append that could not be undone, or a failed fsync
 	closed  bool
-	ops     int // since the last sweep of expired entries
+	ops     int           // since the last sweep of expired entries
+	jsync   durable.Group // the journal's fsyncs, shared by concurrent commits
 }
 
 type embEntry struct {
@@ -263,22 +264,35 @@ func (e *Embedded) usable() error {
 	return nil
 }
 
-// appendJournal writes and fsyncs line. After a failed fsync the state of
-// the file is unknown (the kernel may have dropped the dirty pages), so the
-// store stops serving until it is reopened and replays what is on disk. A
+// writeJournal writes line at the end of the journal; e.mu is held. A
 // failed write is cut back, so the next line does not follow a fragment.
-func (e *Embedded) appendJournal(line []byte) error {
+func (e *Embedded) writeJournal(line []byte) error {
 	if _, err := e.journal.Write(line); err != nil {
 		if terr := e.journal.Truncate(e.size); terr != nil {
 			e.broken = err
 		}
 		return fmt.Errorf("%w: write journal: %w", ErrUnavailable, err)
 	}
-	if err := durable.Sync(durable.DedupJournal, e.journal); err != nil {
-		e.broken = err
+	e.size += int64(len(line))
+	return nil
+}
+
+// syncJournal makes the lines written so far durable. It runs without
+// e.mu, so that concurrent commits share their fsyncs (group commit,
+// durable.Group): one fsync per batch, not per commit, and claims are
+// not kept waiting behind it. After a failed fsync the state of the file
+// is unknown (the kernel may have dropped the dirty pages), so the store
+// stops serving until it is reopened and replays what is on disk.
+func (e *Embedded) syncJournal() error {
+	err := e.jsync.Do(func() error { return durable.Sync(durable.DedupJournal, e.journal) })
+	if err != nil {
+		e.mu.Lock()
+		if e.broken == nil {
+			e.broken = err
+		}
+		e.mu.Unlock()
 		return fmt.Errorf("%w: fsync journal: %w", ErrUnavailable, err)
 	}
-	e.size += int64(len(line))
 	return nil
 }
 
@@ -317,32 +331,41 @@ func (e *Embedded) Claim(ctx context.Context, k Key, lease time.Duration) (Claim
 	return Claim{State: state, Token: token}, nil
 }
 
-// Commit implements Store. The journal line is written and fsync'd before
-// the map changes, under the mutex: commits are serialised, one fsync each.
+// Commit implements Store. The journal line is written before the map
+// changes, under the mutex, and fsync'd after, outside it (syncJournal):
+// Commit returns once the line is durable. The map may so show a commit a
+// moment before it is durable; that can only make a retry be answered as
+// a duplicate of a transaction whose envelope and receipt are out (a
+// commit comes after both), never let a second envelope through
+// (invariant 3, docs/architecture.md); if the fsync fails, the caller
+// gets the error and the store stops serving.
 func (e *Embedded) Commit(ctx context.Context, k Key, token, pecID string, window time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	id, fp := k.ID(), k.Fingerprint()
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	if err := e.usable(); err != nil {
+		e.mu.Unlock()
 		return err
 	}
 	now := time.Now()
 	en := e.lookup(id, now)
 	if en != nil && en.token != "" && en.token != token {
+		e.mu.Unlock()
 		return ErrNotOwner
 	}
 	exp := now.Add(window)
 	line := journalLine(journalRecord{ID: id, FP: fp, PEC: pecID, Exp: exp.UnixNano()})
-	if err := e.appendJournal(line); err != nil {
+	if err := e.writeJournal(line); err != nil {
+		e.mu.Unlock()
 		return err
 	}
 	en = e.entry(id)
 	en.token, en.hold = "", ""
 	en.commits[fp] = embCommit{pecID: pecID, exp: exp}
-	return nil
+	e.mu.Unlock()
+	return e.syncJournal()
 }
 
 // Renew implements Store.
@@ -444,25 +467,32 @@ func (e *Embedded) Remember(ctx context.Context, id, fingerprint, pecID string, 
 		return errors.New("dedup: remember: empty id or fingerprint")
 	}
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	if err := e.usable(); err != nil {
+		e.mu.Unlock()
 		return err
 	}
 	now := time.Now()
 	exp := now.Add(window)
 	en := e.lookup(id, now)
+	wrote := false
 	if c, ok := en.commitOf(fingerprint); !ok || c.pecID == pecID {
 		// A committed entry of another PEC id is kept, as by Redis.
-		if err := e.appendJournal(journalLine(journalRecord{ID: id, FP: fingerprint, PEC: pecID, Exp: exp.UnixNano()})); err != nil {
+		if err := e.writeJournal(journalLine(journalRecord{ID: id, FP: fingerprint, PEC: pecID, Exp: exp.UnixNano()})); err != nil {
+			e.mu.Unlock()
 			return err
 		}
 		en = e.entry(id)
 		en.commits[fingerprint] = embCommit{pecID: pecID, exp: exp}
+		wrote = true
 	}
 	if en != nil && pecID != "" && en.hold == pecID {
 		en.token, en.hold = "", ""
 	}
-	return nil
+	e.mu.Unlock()
+	if !wrote {
+		return nil
+	}
+	return e.syncJournal() // as in Commit
 }
 
 // Release implements Store.

@@ -236,8 +236,24 @@ func (s *Spool) read(path string, st SpoolState) (*SpoolEntry, error) {
 // found again by the reconciliation, which drops it when the log says its
 // transaction is over, and finds its receipt already delivered when not
 // (MailboxFinder).
+//
+// The pending file goes first, and when it was there it was the only one
+// (a mark renames it: one file per entry), so the acceptance path, whose
+// receipt is still pending, pays one unlink, not one per state.
 func (s *Spool) Remove(id string) error {
+	path, err := s.path(id, SpoolPending)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(path); err == nil {
+		return nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("delivery: spool: %w", err)
+	}
 	for _, st := range spoolStates {
+		if st == SpoolPending {
+			continue
+		}
 		path, err := s.path(id, st)
 		if err != nil {
 			return err

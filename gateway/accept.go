@@ -21,9 +21,11 @@ type Signer interface {
 }
 
 // TransactionLog is the legal log (logstore.Log): Append returns when the
-// record is on disk.
+// record is on disk, AppendAll when all of its records are, written in
+// one group commit.
 type TransactionLog interface {
 	Append(ctx context.Context, r *logstore.Record) (seq uint64, hash string, err error)
+	AppendAll(ctx context.Context, recs ...*logstore.Record) (seqs []uint64, hashes []string, err error)
 }
 
 // Acceptor runs the acceptance transaction of the access point (RFC 6109

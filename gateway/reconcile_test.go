@@ -42,6 +42,13 @@ func (cl crashLog) Append(ctx context.Context, r *logstore.Record) (uint64, stri
 	return cl.l.Append(ctx, r)
 }
 
+func (cl crashLog) AppendAll(ctx context.Context, recs ...*logstore.Record) ([]uint64, []string, error) {
+	if cl.c.dead.Load() {
+		return nil, nil, errCrashed
+	}
+	return cl.l.AppendAll(ctx, recs...)
+}
+
 // crashStore drops commits and releases once the process is dead.
 type crashStore struct {
 	dedup.Store

@@ -132,18 +132,38 @@ func (a *Acceptor) logState(ctx context.Context, t *txn, row transition) error {
 	if row.from != stNew {
 		ctx = context.WithoutCancel(ctx)
 	}
-	for _, typ := range row.to.Types() {
-		rec.Type = typ
+	// The records of one state (busta-trasporto and accettazione for
+	// written-ahead) go in one group commit.
+	types := row.to.Types()
+	recs := make([]*logstore.Record, len(types))
+	for i, typ := range types {
 		r := rec
-		seq, hash, err := a.Log.Append(ctx, &r)
-		if err != nil {
-			return fmt.Errorf("log the %s record of %s: %w", typ, t.id, err)
-		}
+		r.Type = typ
+		recs[i] = &r
+	}
+	seqs, hashes, err := a.Log.AppendAll(ctx, recs...)
+	if err != nil {
+		return fmt.Errorf("log the %s of %s: %w", recordNames(types), t.id, err)
+	}
+	for i, typ := range types {
 		if typ == logstore.EventAccettazione {
-			t.receiptSeq, t.receiptHash = seq, hash
+			t.receiptSeq, t.receiptHash = seqs[i], hashes[i]
 		}
 	}
 	return nil
+}
+
+// recordNames names the records of types for an error: "busta-trasporto
+// and accettazione records".
+func recordNames(types []logstore.Event) string {
+	names := make([]string, len(types))
+	for i, typ := range types {
+		names[i] = string(typ)
+	}
+	if len(names) == 1 {
+		return names[0] + " record"
+	}
+	return strings.Join(names, " and ") + " records"
 }
 
 // detail is what the record of event on says to people.

@@ -355,6 +355,78 @@ func TestConcurrentAppend(t *testing.T) {
 	}
 }
 
+// TestAppendAll: the records of one AppendAll are written together, in
+// their order: between them in the log there is no record of another
+// writer, only the log's own (a checkpoint, a seal); Append's seq and
+// hash are those on disk; a context already ended writes nothing.
+func TestAppendAll(t *testing.T) {
+	o, _ := testOptions(t, "")
+	o.CheckpointEvery = 13
+	o.MaxSegmentSize = 64 << 10 // seals too
+	l := openLog(t, o)
+	const writers, each = 16, 50
+	at := romeTime(2026, 11, 23, 10, 0, 0)
+	results := make([][][2]appended, writers)
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				a, b := sampleAcceptance(w*each+i, at), sampleAcceptance(w*each+i, at)
+				a.Type = EventBustaTrasporto
+				seqs, hashes, err := l.AppendAll(context.Background(), a, b)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if a.Seq != seqs[0] || b.Seq != seqs[1] {
+					t.Errorf("records got seq %d, %d; AppendAll said %v", a.Seq, b.Seq, seqs)
+				}
+				results[w] = append(results[w], [2]appended{{seqs[0], hashes[0]}, {seqs[1], hashes[1]}})
+			}
+		}()
+	}
+	wg.Wait()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, _, err := l.AppendAll(ctx, sampleAcceptance(0, at), sampleAcceptance(1, at)); !errors.Is(err, context.Canceled) {
+		t.Errorf("AppendAll with its context ended: %v, want context.Canceled", err)
+	}
+	closeLog(t, l)
+	lines := readLog(t, o.Dir)
+	bySeq := map[uint64]diskLine{}
+	for _, dl := range lines {
+		bySeq[dl.rec.Seq] = dl
+	}
+	n := 0
+	for _, rs := range results {
+		for _, pair := range rs {
+			for _, a := range pair {
+				if got := Hash(bySeq[a.seq].line); got != a.hash {
+					t.Errorf("seq %d: AppendAll said hash %s, disk has %s", a.seq, a.hash, got)
+				}
+			}
+			if pair[1].seq <= pair[0].seq {
+				t.Fatalf("seqs %d then %d", pair[0].seq, pair[1].seq)
+			}
+			for seq := pair[0].seq + 1; seq < pair[1].seq; seq++ {
+				if typ := bySeq[seq].rec.Type; typ != EventCheckpoint && typ != EventSeal {
+					t.Errorf("a %s record (seq %d) between the two of one AppendAll (%d, %d)", typ, seq, pair[0].seq, pair[1].seq)
+				}
+			}
+			n += 2
+		}
+	}
+	if n != 2*writers*each {
+		t.Errorf("%d records appended, want %d", n, 2*writers*each)
+	}
+	rep := mustVerify(t, o.Dir)
+	if want := uint64(n + rep.Checkpoints); rep.Records != want { // Checkpoints counts the seals
+		t.Errorf("report: %d records (%d checkpoints, %d seals); want %d", rep.Records, rep.Checkpoints, rep.Seals, want)
+	}
+}
+
 func TestRotationByDay(t *testing.T) {
 	o, clock := testOptions(t, "")
 	clock.Set(romeTime(2026, 3, 28, 23, 59, 58))

@@ -73,11 +73,17 @@ func Sync(p Point, f *os.File) error {
 }
 
 // SyncDir fsyncs the folder dir, making the creation, rename or removal
-// of its entries durable: the durable write p.
+// of its entries durable: the durable write p. Concurrent calls for the
+// same folder share their fsyncs (group.go): it returns once an fsync
+// of dir that started after the call has ended.
 func SyncDir(p Point, dir string) error {
 	if skip(p) {
 		return nil
 	}
+	return syncShared(dir, func() error { return syncDir(dir) })
+}
+
+func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("fsync folder: %w", err)
