@@ -31,6 +31,7 @@ import (
 type BenchConfig struct {
 	Load     Config // the load of each round; Addr, User, Password, TLSConfig are set here
 	PecgwBin string // the pecgw binary
+	BaseBin  string // another pecgw binary run side by side (the code before a change); none when empty
 	KeyType  string // pecgw init --key-type: "rsa" or "p256"
 	Dir      string // where the three keep their data; a temporary folder when empty
 	Keep     bool   // keep Dir at the end
@@ -69,13 +70,18 @@ type BenchResult struct {
 	VsDurable       []float64 `json:"pecgw_vs_durable"`
 	VsSinkMedian    float64   `json:"pecgw_vs_sink_median"`
 	VsDurableMedian float64   `json:"pecgw_vs_durable_median"`
-	Interrupted     bool      `json:"interrupted"`
+	// With a base pecgw (BaseBin): pecgw's msg/s over the base's, per
+	// cycle, and their median: a change measured side by side.
+	VsBase       []float64 `json:"pecgw_vs_base,omitempty"`
+	VsBaseMedian float64   `json:"pecgw_vs_base_median,omitempty"`
+	Interrupted  bool      `json:"interrupted"`
 }
 
 const (
 	benchSink    = "sink"
 	benchDurable = "durable"
 	benchPecgw   = "pecgw"
+	benchBase    = "base"
 )
 
 func (bc *BenchConfig) validate() error {
@@ -94,6 +100,11 @@ func (bc *BenchConfig) validate() error {
 	if _, err := os.Stat(bc.PecgwBin); err != nil {
 		return fmt.Errorf("--pecgw-bin: %w", err)
 	}
+	if bc.BaseBin != "" {
+		if _, err := os.Stat(bc.BaseBin); err != nil {
+			return fmt.Errorf("--base-bin: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -105,7 +116,8 @@ type benchProc struct {
 	done chan struct{}
 }
 
-// Bench starts the three servers, runs the rounds and stops them.
+// Bench starts the servers (sink, durable, the base pecgw if any, pecgw),
+// runs the rounds and stops them.
 func Bench(ctx context.Context, bc BenchConfig) (res *BenchResult, err error) {
 	if err := bc.validate(); err != nil {
 		return nil, err
@@ -123,39 +135,26 @@ func Bench(ctx context.Context, bc BenchConfig) (res *BenchResult, err error) {
 	} else {
 		fmt.Fprintf(bc.Log, "bench: data in %s\n", dir)
 	}
-	ports, err := freePorts(4)
+	ports, err := freePorts(2)
 	if err != nil {
-		return nil, err
-	}
-	implicit := bc.Load.TLS == TLSImplicit
-	pecgwDir := filepath.Join(dir, "pecgw")
-	sub, smtps := ports[0], ports[1]
-	pecgwAddr := sub
-	if implicit {
-		pecgwAddr = smtps
-	}
-	if out, err := exec.Command(bc.PecgwBin, "init", "--dir", pecgwDir, "--domain", "pec.bench.test",
-		"--provider-name", "pecgw-load bench", "--submission-addr", sub, "--smtps-addr", smtps,
-		"--key-type", bc.KeyType).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("pecgw init: %v\n%s", err, out)
-	}
-	cfgPath := filepath.Join(pecgwDir, "pecgw.toml")
-	if err := benchLimits(cfgPath, bc.Load.Clients); err != nil {
 		return nil, err
 	}
 	user, password := "bench@pec.bench.test", randomPassword()
-	add := exec.Command(bc.PecgwBin, "user", "add", user, "--config", cfgPath, "--password-stdin")
-	add.Stdin = strings.NewReader(password + "\n")
-	if out, err := add.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("pecgw user add: %v\n%s", err, out)
-	}
-	pki := filepath.Join(pecgwDir, "pki")
-	caPEM, err := os.ReadFile(filepath.Join(pki, "ca.pem"))
-	if err != nil {
-		return nil, err
-	}
 	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(caPEM)
+	type pecgwSetup struct{ name, bin, cfg, addr string }
+	setups := []pecgwSetup{{name: benchPecgw, bin: bc.PecgwBin}}
+	if bc.BaseBin != "" {
+		setups = append([]pecgwSetup{{name: benchBase, bin: bc.BaseBin}}, setups...)
+	}
+	for i := range setups {
+		su := &setups[i]
+		su.cfg, su.addr, err = benchPecgwInit(su.bin, filepath.Join(dir, su.name), bc.KeyType, bc.Load.TLS, bc.Load.Clients, user, password, roots)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", su.name, err)
+		}
+	}
+	// The baselines use the TLS certificate of the pecgw under test.
+	pki := filepath.Join(dir, benchPecgw, "pki")
 
 	var procs []*benchProc
 	defer func() {
@@ -173,16 +172,21 @@ func Bench(ctx context.Context, bc BenchConfig) (res *BenchResult, err error) {
 	}
 	mode := bc.Load.TLS
 	bare := []string{"bare", "--tls", mode, "--cert", filepath.Join(pki, "tls.pem"), "--key", filepath.Join(pki, "tls-key.pem"), "--hostname", "pec.bench.test"}
-	if err := start(benchSink, ports[2], append([]string{bc.Self}, append(bare, "--addr", ports[2])...)...); err != nil {
+	if err := start(benchSink, ports[0], append([]string{bc.Self}, append(bare, "--addr", ports[0])...)...); err != nil {
 		return nil, err
 	}
-	if err := start(benchDurable, ports[3], append([]string{bc.Self}, append(bare, "--addr", ports[3], "--durable", filepath.Join(dir, "durable"))...)...); err != nil {
+	if err := start(benchDurable, ports[1], append([]string{bc.Self}, append(bare, "--addr", ports[1], "--durable", filepath.Join(dir, "durable"))...)...); err != nil {
 		return nil, err
 	}
-	if err := start(benchPecgw, pecgwAddr, bc.PecgwBin, "serve", "--config", cfgPath); err != nil {
-		return nil, err
+	addrs := map[string]string{benchSink: ports[0], benchDurable: ports[1]}
+	order := []string{benchSink, benchDurable}
+	for _, su := range setups {
+		if err := start(su.name, su.addr, su.bin, "serve", "--config", su.cfg); err != nil {
+			return nil, err
+		}
+		addrs[su.name] = su.addr
+		order = append(order, su.name)
 	}
-	addrs := map[string]string{benchSink: ports[2], benchDurable: ports[3], benchPecgw: pecgwAddr}
 
 	load := bc.Load
 	load.User, load.Password, load.Rcpt = user, password, ""
@@ -194,7 +198,6 @@ func Bench(ctx context.Context, bc BenchConfig) (res *BenchResult, err error) {
 	if load.Messages > 0 {
 		res.Round = fmt.Sprintf("%d messages", load.Messages)
 	}
-	order := []string{benchSink, benchDurable, benchPecgw}
 	rows := map[string]*BenchRow{}
 	samples := map[string][]time.Duration{}
 	cpu := map[string]time.Duration{}
@@ -204,6 +207,9 @@ func Bench(ctx context.Context, bc BenchConfig) (res *BenchResult, err error) {
 		codes[name] = map[string]bool{}
 	}
 	rows[benchPecgw].Server = "pecgw (" + bc.KeyType + ")"
+	if bc.BaseBin != "" {
+		rows[benchBase].Server = "base (" + bc.KeyType + ")"
+	}
 	for r := 0; r < bc.Rounds && ctx.Err() == nil; r++ {
 		rates := map[string]float64{}
 		for i, name := range order {
@@ -248,6 +254,9 @@ func Bench(ctx context.Context, bc BenchConfig) (res *BenchResult, err error) {
 			if d := rates[benchDurable]; d > 0 {
 				res.VsDurable = append(res.VsDurable, p/d)
 			}
+			if b := rates[benchBase]; b > 0 {
+				res.VsBase = append(res.VsBase, p/b)
+			}
 		}
 	}
 	for i, name := range order {
@@ -264,8 +273,45 @@ func Bench(ctx context.Context, bc BenchConfig) (res *BenchResult, err error) {
 		slices.Sort(row.ErrorCodes)
 		res.Rows = append(res.Rows, *row)
 	}
-	res.VsSinkMedian, res.VsDurableMedian = median0(res.VsSink), median0(res.VsDurable)
+	res.VsSinkMedian, res.VsDurableMedian, res.VsBaseMedian = median0(res.VsSink), median0(res.VsDurable), median0(res.VsBase)
 	return res, nil
+}
+
+// benchPecgwInit makes a fresh pecgw in dir with bin (pecgw init, the
+// limits for the clients, the user) and returns its configuration and
+// the address of the port in tlsMode; its CA goes into roots.
+func benchPecgwInit(bin, dir, keyType, tlsMode string, clients int, user, password string, roots *x509.CertPool) (cfgPath, addr string, err error) {
+	ports, err := freePorts(2)
+	if err != nil {
+		return "", "", err
+	}
+	sub, smtps := ports[0], ports[1]
+	addr = sub
+	if tlsMode == TLSImplicit {
+		addr = smtps
+	}
+	if out, err := exec.Command(bin, "init", "--dir", dir, "--domain", "pec.bench.test",
+		"--provider-name", "pecgw-load bench", "--submission-addr", sub, "--smtps-addr", smtps,
+		"--key-type", keyType).CombinedOutput(); err != nil {
+		return "", "", fmt.Errorf("pecgw init: %v\n%s", err, out)
+	}
+	cfgPath = filepath.Join(dir, "pecgw.toml")
+	if err := benchLimits(cfgPath, clients); err != nil {
+		return "", "", err
+	}
+	add := exec.Command(bin, "user", "add", user, "--config", cfgPath, "--password-stdin")
+	add.Stdin = strings.NewReader(password + "\n")
+	if out, err := add.CombinedOutput(); err != nil {
+		return "", "", fmt.Errorf("pecgw user add: %v\n%s", err, out)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(dir, "pki", "ca.pem"))
+	if err != nil {
+		return "", "", err
+	}
+	if !roots.AppendCertsFromPEM(caPEM) {
+		return "", "", fmt.Errorf("%s: no certificate", filepath.Join(dir, "pki", "ca.pem"))
+	}
+	return cfgPath, addr, nil
 }
 
 // benchLimits lets the benchmark's clients in: one address opens them
@@ -439,6 +485,9 @@ func printBench(w io.Writer, r *BenchResult) {
 	}
 	fmt.Fprintf(w, "\npecgw / sink:    %s (median of %s)\n", fmtRatio(r.VsSinkMedian), fmtRatios(r.VsSink))
 	fmt.Fprintf(w, "pecgw / durable: %s (median of %s)\n", fmtRatio(r.VsDurableMedian), fmtRatios(r.VsDurable))
+	if len(r.VsBase) > 0 {
+		fmt.Fprintf(w, "pecgw / base:    %s (median of %s)\n", fmtRatio(r.VsBaseMedian), fmtRatios(r.VsBase))
+	}
 	fmt.Fprintln(w, "msg/s: median of the rounds; latency: message (see README), over all rounds; CPU: the server process's user+system time ÷ messages it took")
 	if r.Interrupted {
 		fmt.Fprintln(w, "INTERRUPTED: the figures are those of the rounds finished")

@@ -705,17 +705,25 @@ func TestBench(t *testing.T) {
 	dir := t.TempDir()
 	var log lockedBuffer
 	const n, rounds = 30, 2
+	// The same binary as its own base: the ratio pecgw/base is measured
+	// like any other.
 	res, err := Bench(context.Background(), BenchConfig{
 		Load: Config{
 			TLS: TLSStartTLS, Auth: AuthPlain, Clients: 3, Messages: n, Mode: ModeReuse, Size: 10 << 10, Timeout: 60 * time.Second,
 		},
-		PecgwBin: bin, KeyType: "p256", Dir: dir, Keep: true, Rounds: rounds, Self: os.Args[0], Log: &log,
+		PecgwBin: bin, BaseBin: bin, KeyType: "p256", Dir: dir, Keep: true, Rounds: rounds, Self: os.Args[0], Log: &log,
 	})
 	if err != nil {
 		t.Fatalf("Bench: %v\n%s", err, log.String())
 	}
-	if len(res.Rows) != 3 {
-		t.Fatalf("%d rows, want 3", len(res.Rows))
+	if len(res.Rows) != 4 {
+		t.Fatalf("%d rows, want 4 (sink, durable, base, pecgw)", len(res.Rows))
+	}
+	if len(res.VsBase) != rounds || res.VsBaseMedian <= 0 {
+		t.Errorf("pecgw/base %v, median %v: want one per round, positive", res.VsBase, res.VsBaseMedian)
+	}
+	if files, _ := os.ReadDir(filepath.Join(dir, "base", "outbound", "new")); len(files) != n*rounds {
+		t.Errorf("base pecgw: %d envelopes in outbound/new/, want %d", len(files), n*rounds)
 	}
 	for _, row := range res.Rows {
 		if row.Sent != n*rounds || row.Failed != 0 || len(row.Rounds) != rounds {
@@ -739,7 +747,7 @@ func TestBench(t *testing.T) {
 	}
 	var out bytes.Buffer
 	printBench(&out, res)
-	for _, want := range []string{"sink", "durable", "pecgw (p256)", "pecgw / sink:", "pecgw / durable:", "CPU/msg", "peak RSS"} {
+	for _, want := range []string{"sink", "durable", "base (p256)", "pecgw (p256)", "pecgw / sink:", "pecgw / durable:", "pecgw / base:", "CPU/msg", "peak RSS"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table without %q:\n%s", want, out.String())
 		}

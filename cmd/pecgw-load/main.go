@@ -35,13 +35,15 @@ usage:
         rounds against the two, alternated (pecgw, bare, pecgw, bare, ...); print
         each round and the ratio pecgw/bare of messages/s (median of the pairs)
 
-  pecgw-load bench --pecgw-bin FILE [--key-type p256|rsa] [--rounds 3] [--round 5s]
-                   [--dir DIR [--keep]] [run flags]
+  pecgw-load bench --pecgw-bin FILE [--base-bin FILE] [--key-type p256|rsa] [--rounds 3]
+                   [--round 5s] [--dir DIR [--keep]] [run flags]
         start a bare sink, a bare durable MTA (pecgw-load bare --durable) and pecgw
         (pecgw init in a fresh folder), each a process of its own, drive each with
         the same load in turn and print one table: msg/s, latency, server CPU per
-        message, peak RSS, and pecgw's ratio to each baseline. Its load defaults to
-        --mode reuse --size 10240 --tls starttls (issue 12's table)
+        message, peak RSS, and pecgw's ratio to each baseline. --base-bin runs a
+        second pecgw (the code before a change) in the same rounds, with the ratio
+        pecgw/base. Its load defaults to --mode reuse --size 10240 --tls starttls
+        (issue 12's table)
 
 run flags:
   --addr HOST:PORT               the server (run only)
@@ -400,6 +402,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 	fs := newFlagSet("bench")
 	f := addRunFlags(fs)
 	bin := fs.String("pecgw-bin", "", "")
+	base := fs.String("base-bin", "", "")
 	keyType := fs.String("key-type", "p256", "")
 	dir := fs.String("dir", "", "")
 	keep := fs.Bool("keep", false, "")
@@ -445,7 +448,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 	if err != nil {
 		return 0, err
 	}
-	bc := BenchConfig{Load: cfg, PecgwBin: *bin, KeyType: *keyType, Dir: *dir, Keep: *keep, Rounds: *rounds, Round: *round, Self: self, Log: stderr}
+	bc := BenchConfig{Load: cfg, PecgwBin: *bin, BaseBin: *base, KeyType: *keyType, Dir: *dir, Keep: *keep, Rounds: *rounds, Round: *round, Self: self, Log: stderr}
 	r, err := Bench(ctx, bc)
 	if err != nil {
 		return 0, err
