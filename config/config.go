@@ -80,6 +80,7 @@ type Directory struct {
 type Limits struct {
 	MaxMessageBytes            int64 // SIZE (RFC 1870) and the DATA limit
 	MaxSizeTimesRecipients     int64 // message size × recipients (RFC 6109 §3.1.1)
+	MessageMemory              int64 // octets of messages in memory at once (gateway.MessageMemory)
 	MaxRecipients              int
 	MaxConnections             int
 	MaxConnectionsPerIP        int
@@ -139,6 +140,7 @@ type Delivery struct {
 	Mode      string // "maildir" or "smtp"
 	Maildir   string // root of <maildir>/outbound and <maildir>/mailboxes
 	Spool     string // acceptance receipts kept until handed off (delivery.Spool)
+	Incoming  string // messages over 256 KiB while read (gateway.MessageMemory)
 	Envelopes Envelopes
 	Receipts  Receipts
 }

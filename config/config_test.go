@@ -79,6 +79,7 @@ func TestDefaultsLoad(t *testing.T) {
 	want.Delivery.Maildir = dir
 	want.Dedup.Dir = filepath.Join(dir, "dedup")
 	want.Delivery.Spool = filepath.Join(dir, "spool")
+	want.Delivery.Incoming = filepath.Join(dir, "incoming")
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Load(minimal) =\n%+v\nwant\n%+v", c, want)
 	}
@@ -103,7 +104,7 @@ func TestRoundTrip(t *testing.T) {
 		TLS:       TLS{Cert: abs("a.pem"), Key: abs("a-key.pem"), MinVersion: "1.3"},
 		Signing:   Signing{Key: abs("s-key.pem"), Cert: abs("s.pem")},
 		Directory: Directory{Domains: []string{"pec.altro.it", "città.it"}, LDIF: abs("index.ldif")},
-		Limits: Limits{MaxMessageBytes: 50_000_000, MaxSizeTimesRecipients: 60_000_000, MaxRecipients: 100, MaxConnections: 50,
+		Limits: Limits{MaxMessageBytes: 50_000_000, MaxSizeTimesRecipients: 60_000_000, MessageMemory: 64 << 20, MaxRecipients: 100, MaxConnections: 50,
 			MaxConnectionsPerIP: 5, MaxConnectionsPerNetwork: 7, PreAuthTimeout: 5 * time.Second, LoginTimeout: 40 * time.Second,
 			CommandTimeout: 6 * time.Minute, DataTimeout: 90 * time.Second, AuthFailuresBeforeDelay: 2,
 			AuthLockoutFailures: 5, AuthAddressLockoutFailures: 60, AuthLockout: time.Hour, MinAuthTime: 50 * time.Millisecond},
@@ -111,7 +112,7 @@ func TestRoundTrip(t *testing.T) {
 			DovecotTimeout: 3 * time.Second, Suspended: abs("u/susp"), CacheTTL: 10 * time.Minute, CacheSize: 500, HashSlots: 4, HashWait: time.Second},
 		Log: Log{Dir: abs("l"), CheckpointEvery: 10, CheckpointInterval: 30 * time.Millisecond, MaxSegmentMB: 64, RetentionMonths: 36,
 			Name: "mx-2", WitnessDir: abs("w"), WitnessRedis: "off"},
-		Delivery: Delivery{Mode: "smtp", Maildir: abs("m"), Spool: abs("sp"),
+		Delivery: Delivery{Mode: "smtp", Maildir: abs("m"), Spool: abs("sp"), Incoming: abs("in"),
 			Envelopes: Envelopes{Address: "mta.example.it:25", TLS: "implicit", ServerName: "mta.example.it", Username: "pecgw", PasswordFile: abs("pw")},
 			Receipts:  Receipts{Protocol: "smtp", Address: "unix:" + abs("lmtp.sock")}},
 		Dedup:   Dedup{Store: "redis", Dir: abs("d"), RedisAddrs: []string{"10.0.0.1:6379", "redis.example.it:6380"}, RedisMasterName: "pecgw-master", RedisPasswordFile: abs("rpw"), Window: 24 * time.Hour, Lease: 10 * time.Second, Timeout: 2 * time.Second, OnError: "accept"},

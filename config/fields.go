@@ -74,6 +74,8 @@ func (c *Config) fields() []field {
 
 		{"limits.max_message_bytes", "Largest message, octets (SIZE, RFC 1870).", false,
 			int64v(&c.Limits.MaxMessageBytes, 100_000_000), between(&c.Limits.MaxMessageBytes, 1024, math.MaxInt32)},
+		{"limits.message_memory", "Octets of messages held in memory at once while being checked, built and signed (6 per octet of each); a larger message waits its turn.", false,
+			int64v(&c.Limits.MessageMemory, 512<<20), between(&c.Limits.MessageMemory, 16<<20, 1<<40)},
 		{"limits.max_size_times_recipients", "Message size × recipients, octets (RFC 6109 §3.1.1).", false,
 			int64v(&c.Limits.MaxSizeTimesRecipients, 100_000_000), between(&c.Limits.MaxSizeTimesRecipients, 1024, 1<<40)},
 		{"limits.max_recipients", "Recipients per message.", false,
@@ -154,6 +156,8 @@ func (c *Config) fields() []field {
 			str(&c.Delivery.Maildir, "."), nil},
 		{"delivery.spool", "Signed acceptance receipts kept from before the envelope hand-off until their own (created if missing; keep it on the log's volume).", true,
 			str(&c.Delivery.Spool, "spool"), required(&c.Delivery.Spool)},
+		{"delivery.incoming", "Messages over 256 KiB while DATA is read (created if missing; files unlinked as they are made; a disk, not a tmpfs: limits.message_memory).", true,
+			str(&c.Delivery.Incoming, "incoming"), required(&c.Delivery.Incoming)},
 
 		{"delivery.envelopes.address", "host:port of the next hop (the provider's MTA).", false,
 			str(&c.Delivery.Envelopes.Address, ""), func() error { return hostPort(c.Delivery.Envelopes.Address, true) }},

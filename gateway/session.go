@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -37,6 +36,10 @@ type Backend struct {
 	Accounts *Accounts
 	// MaxMessageBytes bounds DATA (advertised with SIZE, RFC 1870).
 	MaxMessageBytes int64
+	// Memory, when set, bounds the message bytes held in memory
+	// (body.go, limits.message_memory); nil reads each message into
+	// memory whole.
+	Memory *MessageMemory
 	// TransactionTimeout bounds one acceptance transaction after DATA.
 	TransactionTimeout time.Duration
 	// CommandTimeout is the longest pause within DATA; DataTimeout bounds
@@ -77,6 +80,11 @@ var (
 	errLineTooLong  = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
 		Message: fmt.Sprintf("a line of the message is longer than %d octets: RFC 5322 section 2.1.1 allows 998", MaxLineLength)}
 	errTooBig = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "message size exceeds the limit"}
+	// RFC 3463 4.3.1: the mail system is full; nothing was certified.
+	errNoStorage = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "insufficient system storage for the message, please retry later"}
+	// The transaction timeout passed while the message waited for its
+	// share of limits.message_memory: nothing was certified.
+	errBusy = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "too many large messages are being processed right now, please retry later"}
 )
 
 func (s *Session) tlsState() (tls.ConnectionState, bool) {
@@ -280,9 +288,19 @@ func (s *Session) Data(r io.Reader) error {
 	if s.user == "" {
 		return errAuthRequired
 	}
-	var buf bytes.Buffer
 	r = newPacedReader(r, s.conn.Conn(), s.b.CommandTimeout, s.b.DataTimeout, time.Now)
-	if _, err := io.Copy(&buf, r); err != nil {
+	var msg *body
+	var err error
+	if s.b.Memory != nil {
+		msg, err = s.b.Memory.readBody(r)
+	} else {
+		msg, err = readAll(r)
+	}
+	if err != nil {
+		if errors.Is(err, errNoSpool) {
+			s.b.logger().Error("message not stored while read", evError, zap.String("user", s.user), zap.Error(err))
+			return errNoStorage
+		}
 		if errors.Is(err, smtp.ErrDataTooLarge) {
 			return errTooBig
 		}
@@ -297,14 +315,31 @@ func (s *Session) Data(r io.Reader) error {
 		// was certified.
 		return errDataStalled
 	}
+	defer msg.close()
 	ctx := context.Background()
 	if s.b.TransactionTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, s.b.TransactionTimeout)
 		defer cancel()
 	}
+	// limits.message_memory: the message is processed once its share of
+	// the budget is free (body.go).
+	if s.b.Memory != nil {
+		release, err := s.b.Memory.reserve(ctx, msg.size)
+		if err != nil {
+			s.b.logger().Warn("message waited for memory until the transaction timeout", evError, zap.String("user", s.user), zap.Int64("size", msg.size))
+			return errBusy
+		}
+		defer release()
+	}
+	raw, err := msg.bytes()
+	if err != nil {
+		s.b.logger().Error("message not read back", evError, zap.String("user", s.user), zap.Error(err))
+		return errNoStorage
+	}
+	msg.close()
 	sub := &Submission{
-		Raw:      buf.Bytes(),
+		Raw:      raw,
 		Envelope: pec.SMTPEnvelope{From: s.from, To: append([]string(nil), s.rcpt...), UTF8: s.utf8},
 		User:     s.user,
 		ClientIP: remoteIP(s.conn.Conn().RemoteAddr()),

@@ -91,8 +91,10 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// maxSize bounds --size (the message is built in memory per client).
-const maxSize = 64 << 20
+// maxSize bounds --size (the message is built in memory per client): the
+// default limits.max_message_bytes of pecgw, so that its largest message
+// can be measured.
+const maxSize = 100_000_000
 
 func validHostPort(s string) bool {
 	_, port, err := net.SplitHostPort(s)

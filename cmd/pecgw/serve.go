@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -240,9 +241,16 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 		s.closeAll()
 		return nil, err
 	}
+	memory, err := gateway.NewMessageMemory(lim.MessageMemory, cfg.Delivery.Incoming)
+	if err != nil {
+		s.closeAll()
+		return nil, err
+	}
+	s.setMemoryLimit(lim.MessageMemory)
 	backend := &gateway.Backend{
 		Log:                logger,
 		Acceptor:           acceptor,
+		Memory:             memory,
 		Auth:               s.guard,
 		Accounts:           accounts,
 		MaxMessageBytes:    lim.MaxMessageBytes,
@@ -440,6 +448,21 @@ func (s *server) closeAll() {
 	if s.hashWorker != nil {
 		s.hashWorker.Close()
 	}
+}
+
+// setMemoryLimit gives Go's collector a soft limit (runtime/debug
+// SetMemoryLimit) of the message budget plus 256 MiB for everything else
+// (connections, caches), unless GOMEMLIMIT sets one: with GOGC alone, a
+// finished message's copies wait for the next collection while the next
+// message makes its own, and RSS reaches twice the budget
+// (docs/configuration.md, limits.message_memory).
+func (s *server) setMemoryLimit(budget int64) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	limit := budget + 256<<20
+	debug.SetMemoryLimit(limit)
+	s.log.Info("message memory", zap.String("event", "server.start"), zap.Int64("message_memory", budget), zap.Int64("go_memory_limit", limit))
 }
 
 // logOptions are the transaction log's options: [log], with the Redis
