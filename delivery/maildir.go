@@ -68,7 +68,9 @@ func (md *Maildir) deliver(m *Message, deliveredTo []string) error {
 			return fmt.Errorf("delivery: maildir %s: %w", md.root, err)
 		}
 	}
-	data := maildirFile(m, deliveredTo)
+	// The trace lines, then the message as it is: no copy of the message
+	// (limits.message_memory counts on it).
+	parts := [][]byte{maildirTrace(m, deliveredTo), m.Data}
 	for attempt := 0; ; attempt++ {
 		// Maildir specification: write tmp/<unique>, then link it to
 		// new/<unique>. link, unlike rename, refuses to replace a file
@@ -76,7 +78,7 @@ func (md *Maildir) deliver(m *Message, deliveredTo []string) error {
 		// microsecond) cannot overwrite a delivered message: it fails with
 		// fs.ErrExist and we take the next name.
 		name := md.names.next()
-		err := md.w.WriteNew(filepath.Join(md.root, "tmp", name), filepath.Join(md.root, "new", name), data, filePerm)
+		err := md.w.WriteNewParts(filepath.Join(md.root, "tmp", name), filepath.Join(md.root, "new", name), parts, filePerm)
 		if err == nil {
 			return nil
 		}
@@ -86,17 +88,16 @@ func (md *Maildir) deliver(m *Message, deliveredTo []string) error {
 	}
 }
 
-// maildirFile returns the file content: the trace lines a local delivery
-// agent adds (RFC 5321 §4.4: Return-Path is added at final delivery), then
-// the message unchanged.
-func maildirFile(m *Message, deliveredTo []string) []byte {
+// maildirTrace returns what a file holds before the message, which
+// follows unchanged: the trace lines a local delivery agent adds (RFC 5321
+// §4.4: Return-Path is added at final delivery).
+func maildirTrace(m *Message, deliveredTo []string) []byte {
 	var b bytes.Buffer
-	b.Grow(len(m.Data) + 64 + 64*len(deliveredTo))
+	b.Grow(64 + 64*len(deliveredTo))
 	b.WriteString("Return-Path: <" + m.ReversePath + ">\r\n")
 	for _, rcpt := range deliveredTo {
 		b.WriteString("Delivered-To: " + rcpt + "\r\n")
 	}
-	b.Write(m.Data)
 	return b.Bytes()
 }
 

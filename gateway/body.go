@@ -49,8 +49,9 @@ const bodyInMemory = 256 << 10
 // memoryPerOctet is what a message costs in memory while it is processed,
 // per octet of it: the message, the transport envelope that holds it, the
 // signed entity, the envelope's file with its trace lines, and what the
-// collector has not taken back yet (measured: 8 messages of 99 MB at once
-// peaked at 4.2 GiB, 5.3 times their size, cmd/pecgw TestMessageMemory).
+// collector has not taken back yet. Measured before the budget: 8
+// messages of 99 MB at once peaked at 4.2 GiB, 5.3 times their size; one
+// alone now peaks at 4 times (docs/configuration.md, "Message memory").
 const memoryPerOctet = 6
 
 // NewMessageMemory returns a budget of budget octets, with bodies beyond

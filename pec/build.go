@@ -96,11 +96,17 @@ type Message struct {
 // the signed entity returned by signer.Sign (which starts with its own
 // Content-Type field).
 func (m *Message) Bytes(signed []byte) []byte {
-	out := make([]byte, 0, len(m.Header)+len(signed)+19)
-	out = append(out, m.Header...)
-	out = append(out, "MIME-Version: 1.0\r\n"...)
-	return append(out, signed...)
+	return append(m.AppendHead(make([]byte, 0, len(m.Header)+len(mimeVersion)+len(signed))), signed...)
 }
+
+// AppendHead appends to dst what comes before the signed entity in Bytes:
+// the header fields and MIME-Version. A signer that appends its entity
+// (signer.Signer.SignAppend) after it builds the message in one buffer.
+func (m *Message) AppendHead(dst []byte) []byte {
+	return append(append(dst, m.Header...), mimeVersion...)
+}
+
+const mimeVersion = "MIME-Version: 1.0\r\n"
 
 // Subject prefixes (RFC 6109 §3.1.2-§3.1.5; digest §9 item 2).
 const (

@@ -333,6 +333,29 @@ func TestSignDeterministic(t *testing.T) {
 	}
 }
 
+// TestSignAppend: SignAppend after a prefix gives the prefix, then exactly
+// what Sign gives (RSA PKCS #1 v1.5 is deterministic), and leaves the
+// prefix's bytes alone.
+func TestSignAppend(t *testing.T) {
+	s := fixtureSigner(t, "rsa")
+	want, err := s.Sign(fixtureContent(t), testAt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := []byte("Subject: prova\r\nMIME-Version: 1.0\r\n")
+	dst := append(make([]byte, 0, 8), prefix...) // too small: SignAppend grows it
+	got, err := s.SignAppend(dst, fixtureContent(t), testAt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(got, prefix) || !bytes.Equal(got[len(prefix):], want) {
+		t.Fatalf("SignAppend = %.80q…, want the prefix then Sign's %d octets", got, len(want))
+	}
+	if _, err := s.SignAppend(prefix, nil, testAt); err == nil {
+		t.Error("SignAppend of nothing: no error")
+	}
+}
+
 // TestSignGolden pins the exact bytes; run with -update after a deliberate
 // change and review the diff.
 func TestSignGolden(t *testing.T) {

@@ -371,7 +371,7 @@ func TestVerifySignedAttributeRules(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			msg := asMessage(assemble(content, der, "b"))
+			msg := asMessage(assemble(nil, content, der, "b"))
 			res, err := Verify(msg, nil)
 			if !errors.Is(err, tc.want) || (err == nil) != (tc.want == nil) {
 				t.Fatalf("Verify: %v, want %v", err, tc.want)
@@ -392,7 +392,7 @@ func TestVerifySignedOutsideValidity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Verify(asMessage(assemble(content, der, "b")), nil); !errors.Is(err, ErrUntrusted) {
+	if _, err := Verify(asMessage(assemble(nil, content, der, "b")), nil); !errors.Is(err, ErrUntrusted) {
 		t.Fatalf("Verify: %v, want ErrUntrusted", err)
 	}
 }

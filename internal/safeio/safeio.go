@@ -116,7 +116,7 @@ func (w Writer) WriteFile(path string, data []byte, perm os.FileMode) error {
 		return err
 	}
 	tmp := f.Name()
-	if err := w.fill(f, tmp, data, perm); err != nil {
+	if err := w.fill(f, tmp, [][]byte{data}, perm); err != nil {
 		os.Remove(tmp)
 		return err
 	}
@@ -150,6 +150,13 @@ func (w Writer) syncDir(dir string) error {
 // file is durable, so a failure to remove tmpPath is not reported: the
 // maildir specification has readers clean up files left in tmp/.
 func (w Writer) WriteNew(tmpPath, path string, data []byte, perm os.FileMode) error {
+	return w.WriteNewParts(tmpPath, path, [][]byte{data}, perm)
+}
+
+// WriteNewParts is WriteNew of the concatenation of parts, written one
+// after the other: a caller with a header and a large body writes them
+// without a copy of both into one buffer.
+func (w Writer) WriteNewParts(tmpPath, path string, parts [][]byte, perm os.FileMode) error {
 	var f *os.File
 	err := w.do(StepCreate, tmpPath, func() (err error) {
 		f, err = os.OpenFile(tmpPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
@@ -158,7 +165,7 @@ func (w Writer) WriteNew(tmpPath, path string, data []byte, perm os.FileMode) er
 	if err != nil {
 		return err
 	}
-	if err := w.fill(f, tmpPath, data, perm); err != nil {
+	if err := w.fill(f, tmpPath, parts, perm); err != nil {
 		os.Remove(tmpPath)
 		return err
 	}
@@ -176,12 +183,14 @@ func (w Writer) WriteNew(tmpPath, path string, data []byte, perm os.FileMode) er
 	return nil
 }
 
-// fill writes data to f, sets perm, fsyncs and closes f. f is closed
+// fill writes parts to f, sets perm, fsyncs and closes f. f is closed
 // whatever happens.
-func (w Writer) fill(f *os.File, name string, data []byte, perm os.FileMode) error {
+func (w Writer) fill(f *os.File, name string, parts [][]byte, perm os.FileMode) error {
 	err := w.do(StepWrite, name, func() error {
-		if _, err := f.Write(data); err != nil {
-			return err
+		for _, data := range parts {
+			if _, err := f.Write(data); err != nil {
+				return err
+			}
 		}
 		// CreateTemp uses 0600; WriteNew's mode was masked by the umask.
 		return f.Chmod(perm)

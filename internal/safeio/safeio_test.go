@@ -161,6 +161,23 @@ func TestWriteNew(t *testing.T) {
 
 // TestWriteNewFailure injects a failure at each step: nothing appears under
 // the final name, the temporary file is gone, and the error names the step.
+// TestWriteNewParts: the parts are written one after the other, in one
+// file, with WriteNew's steps.
+func TestWriteNewParts(t *testing.T) {
+	dir := t.TempDir()
+	var steps []Step
+	parts := [][]byte{[]byte("Return-Path: <a@b>\r\n"), nil, []byte("message\r\n")}
+	if err := recordSteps(&steps).WriteNewParts(filepath.Join(dir, "t"), filepath.Join(dir, "m"), parts, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if want := []Step{StepCreate, StepWrite, StepSync, StepClose, StepLink, StepSyncDir}; !slices.Equal(steps, want) {
+		t.Errorf("steps = %q, want %q", steps, want)
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "m")); err != nil || string(got) != "Return-Path: <a@b>\r\nmessage\r\n" {
+		t.Errorf("m = %q, %v", got, err)
+	}
+}
+
 func TestWriteNewFailure(t *testing.T) {
 	for _, step := range []Step{StepCreate, StepWrite, StepSync, StepClose, StepLink, StepSyncDir} {
 		t.Run(string(step), func(t *testing.T) {
