@@ -25,13 +25,17 @@ import (
 // novembre 2005 art. 9), and the client's retry would be answered 250
 // while the sender never got it (invariant 1 of docs/architecture.md).
 //
-// One file per transaction, named by its PEC identifier and a mark (the
-// suffix). The transaction's state is its log's (the gateway's
-// transaction table, docs/architecture.md); the marks are that state's
-// durable form here, written before its record (evidence for a crash in
-// between), and the operator's decision on an unknown outcome:
+// A pending receipt is an entry of the spool's journal (spooljournal.go:
+// one append-only file, group-committed); the other states are a file
+// each, named by the PEC identifier and a mark (the suffix). The
+// transaction's state is its log's (the gateway's transaction table,
+// docs/architecture.md); the marks are that state's durable form here,
+// written before its record (evidence for a crash in between), and the
+// operator's decision on an unknown outcome:
 //
-//	<id>.receipt      pending: written before the envelope hand-off
+//	pending.journal   pending: written before the envelope hand-off
+//	                  (<id>.receipt, a file of its own, in spools written
+//	                  by pecgw before the journal: still read)
 //	<id>.out          the envelope is out, the receipt's hand-off failed
 //	<id>.unconfirmed  the envelope's fate is unknown (a next hop that did not
 //	                  answer): kept for the operator, never delivered by
@@ -42,12 +46,19 @@ import (
 //	                  dropped by pecgw serve, the submission freed
 //
 // Each file is one JSON line (the entry's metadata) followed by the
-// receipt's bytes. Files are written with safeio (fsync, rename, folder
-// fsync). The Spool holds no state in memory: the gateway's Transactions
-// know who is working on an entry.
+// receipt's bytes, written with safeio (fsync, rename, folder fsync); a
+// journal entry holds the same two parts. A file wins over a journal
+// entry of the same identifier (a mark writes the file, then ends the
+// entry). The gateway's Transactions know who is working on an entry.
 type Spool struct {
 	dir string
-	w   safeio.Writer
+	w   safeio.Writer // the marked files
+	j   *journal      // the pending entries
+	// Torn names the file where OpenSpool kept what followed a damaged
+	// frame of the journal (a crash in the middle of a write leaves one;
+	// anything else is damage for the operator to look at); "" when
+	// nothing did.
+	Torn string
 }
 
 // SpoolEntry is one spooled receipt.
@@ -85,13 +96,35 @@ func (e *SpoolEntry) Message() *Message {
 	return &Message{ReversePath: e.From, ForwardPaths: e.To, Data: e.Data, UTF8: e.UTF8, EightBit: e.EightBit}
 }
 
-// OpenSpool opens (creating it) the spool folder dir.
+// OpenSpool opens (creating it) the spool folder dir for pecgw serve:
+// it takes the folder's lock (one daemon per spool), loads the journal
+// and rewrites it with its live entries only.
 func OpenSpool(dir string) (*Spool, error) {
 	if err := safeio.MkdirAllSync(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("delivery: spool: %w", err)
 	}
-	return &Spool{dir: dir, w: safeio.Writer{Point: durable.SpoolPut}}, nil
+	j, torn, err := openJournal(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &Spool{dir: dir, w: safeio.Writer{Point: durable.SpoolMark}, j: j, Torn: torn}, nil
 }
+
+// ReadSpool opens the spool folder dir beside a running pecgw serve (the
+// operator's pecgw spool): it reads the journal afresh at each call and
+// never writes it, so it cannot Put, nor Mark or Remove a pending entry;
+// it renames marked files (Mark), as the operator's decision does.
+func ReadSpool(dir string) (*Spool, error) {
+	if fi, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("delivery: spool: %w", err)
+	} else if !fi.IsDir() {
+		return nil, fmt.Errorf("delivery: spool: %s is not a folder", dir)
+	}
+	return &Spool{dir: dir, w: safeio.Writer{Point: durable.SpoolMark}, j: readJournal(dir)}, nil
+}
+
+// Close releases the journal and the lock.
+func (s *Spool) Close() error { return s.j.close() }
 
 // Dir is the spool's folder.
 func (s *Spool) Dir() string { return s.dir }
@@ -142,9 +175,21 @@ func (s *Spool) path(id string, st SpoolState) (string, error) {
 	return filepath.Join(s.dir, name+"."+string(st)), nil
 }
 
-// Put writes e durably as a pending entry.
+// Put writes e durably as a pending entry: it returns once the journal
+// holding it is fsync'd (shared with the concurrent Puts).
 func (s *Spool) Put(e *SpoolEntry) error {
-	path, err := s.path(e.ID, SpoolPending)
+	if _, err := spoolName(e.ID); err != nil { // a mark makes it a file
+		return err
+	}
+	if len(e.To) == 0 {
+		return fmt.Errorf("delivery: spool: %s: no recipient", e.ID)
+	}
+	return s.j.put(e)
+}
+
+// writeFile writes e as the file of state st, durably.
+func (s *Spool) writeFile(e *SpoolEntry, st SpoolState) error {
+	path, err := s.path(e.ID, st)
 	if err != nil {
 		return err
 	}
@@ -161,8 +206,21 @@ func (s *Spool) Put(e *SpoolEntry) error {
 }
 
 // Mark moves the entry of id to state st (SpoolOut, SpoolUnconfirmed),
-// durably: rename and folder fsync.
+// durably: a pending entry of the journal becomes the file of st (then
+// its journal entry ends), a file is renamed (then the folder fsync'd).
 func (s *Spool) Mark(id string, st SpoolState) error {
+	if e, err := s.j.get(id); err != nil {
+		return err
+	} else if e != nil && st != SpoolPending {
+		if s.j.lock == nil {
+			return fmt.Errorf("delivery: spool: %s is pending: pecgw serve takes care of it", id)
+		}
+		if err := s.writeFile(e, st); err != nil {
+			return err
+		}
+		s.j.del(id)
+		return nil
+	}
 	cur, err := s.find(id)
 	if err != nil {
 		return err
@@ -185,12 +243,17 @@ func (s *Spool) Mark(id string, st SpoolState) error {
 }
 
 // find returns the state of id's file; fs.ErrNotExist when there is none.
-func (s *Spool) find(id string) (SpoolState, error) {
+func (s *Spool) find(id string) (SpoolState, error) { return findFile(s.dir, id) }
+
+// findFile returns the state of id's file in the spool folder dir;
+// fs.ErrNotExist when there is none.
+func findFile(dir, id string) (SpoolState, error) {
+	name, err := spoolName(id)
+	if err != nil {
+		return "", err
+	}
 	for _, st := range spoolStates {
-		path, err := s.path(id, st)
-		if err != nil {
-			return "", err
-		}
+		path := filepath.Join(dir, name+"."+string(st))
 		if _, err := os.Lstat(path); err == nil {
 			return st, nil
 		} else if !errors.Is(err, fs.ErrNotExist) {
@@ -203,6 +266,9 @@ func (s *Spool) find(id string) (SpoolState, error) {
 // Get reads the entry of id; an error wrapping fs.ErrNotExist when there
 // is none.
 func (s *Spool) Get(id string) (*SpoolEntry, error) {
+	if e, err := s.j.get(id); err != nil || e != nil {
+		return e, err
+	}
 	st, err := s.find(id)
 	if err != nil {
 		return nil, err
@@ -232,28 +298,24 @@ func (s *Spool) read(path string, st SpoolState) (*SpoolEntry, error) {
 }
 
 // Remove deletes the entry of id, whatever its mark; none is no error.
-// The folder is not fsync'd: an entry that comes back after a crash is
-// found again by the reconciliation, which drops it when the log says its
+// Nothing is fsync'd: an entry that comes back after a crash is found
+// again by the reconciliation, which drops it when the log says its
 // transaction is over, and finds its receipt already delivered when not
 // (MailboxFinder).
 //
-// The pending file goes first, and when it was there it was the only one
-// (a mark renames it: one file per entry), so the acceptance path, whose
-// receipt is still pending, pays one unlink, not one per state.
+// A journal entry goes first, and when it was there it was the only one
+// (a mark writes the file and ends the entry), so the acceptance path,
+// whose receipt is still pending, pays one line and no unlink.
 func (s *Spool) Remove(id string) error {
-	path, err := s.path(id, SpoolPending)
-	if err != nil {
-		return err
-	}
-	if err := os.Remove(path); err == nil {
+	if s.j.del(id) {
 		return nil
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("delivery: spool: %w", err)
+	}
+	if e, err := s.j.get(id); err != nil {
+		return err
+	} else if e != nil {
+		return fmt.Errorf("delivery: spool: %s is pending: pecgw serve takes care of it", id)
 	}
 	for _, st := range spoolStates {
-		if st == SpoolPending {
-			continue
-		}
 		path, err := s.path(id, st)
 		if err != nil {
 			return err
@@ -265,9 +327,10 @@ func (s *Spool) Remove(id string) error {
 	return nil
 }
 
-// List returns the identifiers and states of the entries, sorted by
-// identifier (which starts with the transaction's time). Temporary files
-// of an interrupted Put are skipped.
+// List returns the identifiers and states of the entries, the journal's
+// and the files', sorted by identifier (which starts with the
+// transaction's time). Temporary files of an interrupted write, the
+// journal and the lock are skipped.
 func (s *Spool) List() (map[string]SpoolState, []string, error) {
 	des, err := os.ReadDir(s.dir)
 	if err != nil {
@@ -297,6 +360,16 @@ func (s *Spool) List() (map[string]SpoolState, []string, error) {
 			ids = append(ids, id)
 		}
 		states[id] = st
+	}
+	live, err := s.j.entries()
+	if err != nil {
+		return nil, nil, err
+	}
+	for id := range live {
+		if _, ok := states[id]; !ok { // a file wins
+			ids = append(ids, id)
+			states[id] = SpoolPending
+		}
 	}
 	sort.Strings(ids)
 	return states, ids, nil

@@ -170,10 +170,14 @@ func (n *node) startTB(t testing.TB) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close(); st.Close() })
+	if n.spool != nil {
+		n.spool.Close() // the process before is gone, and its lock with it
+	}
 	sp, err := delivery.OpenSpool(filepath.Join(n.dataDir, "spool"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { sp.Close() })
 	n.log, n.store, n.local, n.spool = l, st, delivery.NewLocal(n.dataDir), sp
 	n.a = &Acceptor{
 		Provider:     pec.Provider{Name: testpki.ProviderName, Domain: testpki.Domain},

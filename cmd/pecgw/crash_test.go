@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -24,6 +25,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/pecgw/pecgw/delivery"
 	"github.com/pecgw/pecgw/internal/testtool"
 	"github.com/pecgw/pecgw/logstore"
 )
@@ -483,7 +485,7 @@ func crashUnderLoad(t *testing.T, store string) {
 				m.msgID, m.pecID, m.attempts, receipts[m.msgID], out)
 		}
 	}
-	if left, _ := filepath.Glob(filepath.Join(dir, "spool", "[^.]*")); len(left) > 0 {
+	if left := spoolLeft(t, filepath.Join(dir, "spool")); len(left) > 0 {
 		t.Errorf("receipts left in the spool: %v", left)
 	}
 
@@ -610,4 +612,34 @@ func setConfig(t *testing.T, cfg, table string, values map[string]string) {
 	if err := os.WriteFile(cfg, []byte(strings.Join(lines, "\n")), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// spoolLeft lists what the spool folder dir still holds: its entries
+// (the journal's and the files', as pecgw spool list reads them) and any
+// other file but the journal and the lock.
+func spoolLeft(t *testing.T, dir string) []string {
+	t.Helper()
+	sp, err := delivery.ReadSpool(dir)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	states, ids, err := sp.List()
+	if err != nil {
+		return []string{err.Error()}
+	}
+	var left []string
+	for _, id := range ids {
+		left = append(left, id+"."+string(states[id]))
+	}
+	names, _ := filepath.Glob(filepath.Join(dir, "[^.]*"))
+	for _, n := range names {
+		switch filepath.Base(n) {
+		case "pending.journal", "lock":
+		default:
+			if !slices.Contains(left, filepath.Base(n)) {
+				left = append(left, filepath.Base(n))
+			}
+		}
+	}
+	return left
 }

@@ -386,7 +386,7 @@ func TestDiskFull(t *testing.T) {
 			}
 		}
 	}
-	if left, _ := filepath.Glob(filepath.Join(dir, "spool", "[^.]*")); len(left) > 0 {
+	if left := spoolLeft(t, filepath.Join(dir, "spool")); len(left) > 0 {
 		t.Errorf("receipts left in the spool: %v", left)
 	}
 

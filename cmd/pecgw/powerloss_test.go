@@ -401,7 +401,7 @@ func powerRun(t *testing.T, bin string, o powerOpts) *powerResult {
 			res.lost++
 		}
 	}
-	if left, _ := filepath.Glob(filepath.Join(dir, "spool", "[^.]*")); len(left) > 0 {
+	if left := spoolLeft(t, filepath.Join(dir, "spool")); len(left) > 0 {
 		violate("receipts left in the spool: %v", left)
 	}
 	if code, out, errOut := runBin(t, "", "log", "verify", "--config", filepath.Join(dir, "pecgw.toml"), "--ca", caFile); code != 0 || !strings.Contains(out, "the log holds it") {

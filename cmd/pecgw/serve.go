@@ -106,6 +106,7 @@ type server struct {
 	log     *zap.Logger
 	txlog   *logstore.Log
 	dedup   dedup.Store
+	spool   *delivery.Spool
 	accept  *gateway.Acceptor
 	users   *gateway.Users   // users.backend = "file"
 	dovecot *gateway.Dovecot // users.backend = "dovecot"
@@ -188,6 +189,11 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 	if err != nil {
 		s.closeAll()
 		return nil, fmt.Errorf("delivery.spool: %w", err)
+	}
+	s.spool = spool
+	if spool.Torn != "" {
+		logger.Warn("the receipt spool's journal ended in a damaged frame (a crash while writing, or damage): what followed it is kept in the named file; receipts whose Put returned are before it unless the file was damaged",
+			zap.String("event", "spool.torn"), zap.String("file", spool.Torn))
 	}
 	acceptor := &gateway.Acceptor{
 		Dedup:         store,
@@ -358,7 +364,7 @@ func (s *server) run(ctx context.Context, hup <-chan os.Signal, stdout io.Writer
 			if s.hashWorker != nil {
 				s.hashWorker.Close()
 			}
-			return errors.Join(s.txlog.Close(), s.dedup.Close())
+			return errors.Join(s.txlog.Close(), s.dedup.Close(), s.spool.Close())
 		case <-hup:
 			s.reload()
 		}
@@ -444,6 +450,9 @@ func (s *server) closeAll() {
 	}
 	if s.dedup != nil {
 		s.dedup.Close()
+	}
+	if s.spool != nil {
+		s.spool.Close()
 	}
 	if s.hashWorker != nil {
 		s.hashWorker.Close()

@@ -45,7 +45,7 @@ func cmdSpool(args []string, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%w (run pecgw check-config)", err)
 	}
-	sp, err := delivery.OpenSpool(c.Delivery.Spool)
+	sp, err := delivery.ReadSpool(c.Delivery.Spool)
 	if err != nil {
 		return err
 	}

@@ -21,9 +21,11 @@ type Point string
 // of it: the reconciliation uses the same ones), in the order a
 // transaction meets them.
 const (
-	// SpoolPut: delivery.Spool.Put, the acceptance receipt written with
-	// safeio.WriteFile: the file (SpoolPut.File()) and the spool folder
-	// after the rename (SpoolPut.Dir()).
+	// SpoolPut: delivery.Spool.Put, the acceptance receipt appended to
+	// the spool's journal: the journal's fsync, shared by concurrent Puts,
+	// and that of a rewritten journal before its rename (SpoolPut.File());
+	// the spool folder after the journal is created or renamed into place
+	// (SpoolPut.Dir()).
 	SpoolPut Point = "spool.put"
 	// LogAppend: logstore's group commit, the fsync of the active segment
 	// before any Append returns.
@@ -44,7 +46,9 @@ const (
 	// journal is created.
 	DedupJournalDir Point = "dedup.journal-dir"
 	// SpoolMark: delivery.Spool.Mark, the spool folder after a rename
-	// (a receipt marked out or unconfirmed, the operator's decision).
+	// (a receipt marked out or unconfirmed, the operator's decision), and
+	// the file a mark writes of a journal entry (SpoolMark.File(),
+	// SpoolMark.Dir()).
 	SpoolMark Point = "spool.mark"
 )
 
