@@ -105,6 +105,19 @@ type Submission struct {
 	User     string // the authenticated user
 	ClientIP string
 	TLS      string // "TLS1.2", "TLS1.3"
+
+	rawHash *[sha256.Size]byte // SHA-256 of Raw, once (rawSum)
+}
+
+// rawSum is the SHA-256 of the submitted message, computed once: the
+// dedup key and every record of the transaction need it, and a message
+// may be tens of megabytes.
+func (s *Submission) rawSum() [sha256.Size]byte {
+	if s.rawHash == nil {
+		h := sha256.Sum256(s.Raw)
+		s.rawHash = &h
+	}
+	return *s.rawHash
 }
 
 // Outcome is what the transaction decided. An accepted submission has ID
@@ -252,7 +265,7 @@ func (a *Acceptor) retryLater(op func() error) {
 // dedupKey: the authenticated sender, the client's Message-ID, the
 // forward-paths and the whole submitted message.
 func dedupKey(s *Submission, sub *pec.Submission) dedup.Key {
-	return dedup.Key{Sender: s.User, MessageID: sub.MessageID, Recipients: sub.Recipients, BodyHash: sha256.Sum256(s.Raw)}
+	return dedup.Key{Sender: s.User, MessageID: sub.MessageID, Recipients: sub.Recipients, BodyHash: s.rawSum()}
 }
 
 func durationOr(d, def time.Duration) time.Duration {
@@ -270,7 +283,8 @@ func (a *Acceptor) duplicate(ctx context.Context, s *Submission, tx pec.Transact
 	rec := a.record(s, tx)
 	rec.Type = logstore.EventDuplicate
 	rec.PECID = original
-	rec.SHA256 = sum(s.Raw)
+	h := s.rawSum()
+	rec.SHA256 = hex.EncodeToString(h[:])
 	rec.Detail = "retry of an accepted submission: answered with its PEC identifier, nothing emitted"
 	if _, _, err := a.Log.Append(ctx, &rec); err != nil {
 		return nil, fmt.Errorf("log the duplicate: %w", err)
@@ -543,7 +557,8 @@ func (a *Acceptor) refuse(ctx context.Context, s *Submission, tx pec.Transaction
 	}
 	rec := a.record(s, tx)
 	rec.Type = logstore.EventNonAccettazione
-	rec.SHA256 = sum(s.Raw)
+	h := s.rawSum()
+	rec.SHA256 = hex.EncodeToString(h[:])
 	rec.Generated = &logstore.Generated{Notice: notice.MessageID}
 	for _, v := range violations {
 		rec.Violations = append(rec.Violations, v.Code)
@@ -641,8 +656,8 @@ func deliveryMessage(m *pec.Message, data []byte) *delivery.Message {
 		ReversePath:  m.ReversePath,
 		ForwardPaths: m.ForwardPaths,
 		Data:         data,
-		UTF8:         !isASCII(m.ReversePath) || !allASCII(m.ForwardPaths) || !isASCII(string(m.Header)),
-		EightBit:     !isASCII(string(data)),
+		UTF8:         !isASCII(m.ReversePath) || !allASCII(m.ForwardPaths) || !isASCII(m.Header),
+		EightBit:     !isASCII(data),
 	}
 }
 
@@ -651,8 +666,18 @@ func sum(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
+// isASCII reports whether s has no octet above 0x7F, eight at a time
+// (an envelope carries the whole message).
+func isASCII[T string | []byte](s T) bool {
+	i := 0
+	for ; i+8 <= len(s); i += 8 {
+		w := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+		if w&0x8080808080808080 != 0 {
+			return false
+		}
+	}
+	for ; i < len(s); i++ {
 		if s[i] >= 0x80 {
 			return false
 		}

@@ -233,3 +233,31 @@ func TestRefusedReplyIsBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestIsASCII: the eight-at-a-time scan says what an octet-by-octet one
+// says, wherever the first octet above 0x7F is.
+func TestIsASCII(t *testing.T) {
+	slow := func(b []byte) bool {
+		for _, c := range b {
+			if c >= 0x80 {
+				return false
+			}
+		}
+		return true
+	}
+	for n := range 40 {
+		b := bytes.Repeat([]byte{'a'}, n)
+		if !isASCII(b) || !isASCII(string(b)) {
+			t.Errorf("%d ASCII octets: not ASCII", n)
+		}
+		for i := range n {
+			for _, c := range []byte{0x80, 0xC3, 0xFF} {
+				b := bytes.Repeat([]byte{'a'}, n)
+				b[i] = c
+				if isASCII(b) != slow(b) || isASCII(string(b)) != slow(b) {
+					t.Errorf("%d octets, %#x at %d: %v", n, c, i, isASCII(b))
+				}
+			}
+		}
+	}
+}
