@@ -13,6 +13,7 @@ import (
 	"github.com/pecgw/pecgw/delivery"
 	"github.com/pecgw/pecgw/logstore"
 	"github.com/pecgw/pecgw/pec"
+	"github.com/pecgw/pecgw/signer"
 )
 
 // Signer signs a MIME entity at the transaction's instant (signer.Signer).
@@ -350,7 +351,7 @@ func (a *Acceptor) accept(ctx context.Context, s *Submission, tx pec.Transaction
 // The records need nothing of the signed receipt: its Message-ID comes
 // from the builder (pec.DerivedID).
 func (a *Acceptor) build(s *Submission, tx pec.Transaction, d *dedupTx) (*work, error) {
-	envelope, envData, err := a.buildSigned(tx, pec.BuildEnvelope)
+	envelope, envData, err := a.buildEnvelope(tx)
 	if err != nil {
 		return nil, err
 	}
@@ -598,17 +599,6 @@ func (a *Acceptor) buildSigned(tx pec.Transaction, build func(pec.Transaction) (
 	if err != nil {
 		return nil, nil, err
 	}
-	if sa, ok := a.Signer.(appendSigner); ok {
-		// The header fields, then the signed entity, in one buffer: for a
-		// large message a copy fewer (docs/configuration.md, "Message
-		// memory"). The same octets as m.Bytes(entity).
-		out := m.AppendHead(make([]byte, 0, len(m.Header)+len(m.Body)+8<<10))
-		data, err := sa.SignAppend(out, m.Body, tx.At.Time())
-		if err != nil {
-			return nil, nil, fmt.Errorf("sign the %s: %w", m.Tipo, err)
-		}
-		return m, data, nil
-	}
 	entity, err := a.Signer.Sign(m.Body, tx.At.Time())
 	if err != nil {
 		return nil, nil, fmt.Errorf("sign the %s: %w", m.Tipo, err)
@@ -616,10 +606,36 @@ func (a *Acceptor) buildSigned(tx pec.Transaction, build func(pec.Transaction) (
 	return m, m.Bytes(entity), nil
 }
 
-// appendSigner is a Signer that appends the entity to a buffer
-// (signer.Signer.SignAppend).
-type appendSigner interface {
-	SignAppend(dst, content []byte, at time.Time) ([]byte, error)
+// buildEnvelope builds and signs the transport envelope. With a signer
+// that signs in place (signer.Signer.SignInPlace), the envelope's body
+// is built in the buffer that becomes the signed envelope, between the
+// header fields and the signature: the message is in memory twice, not
+// three times, while it is signed (docs/configuration.md, "Message
+// memory"). The same octets as buildSigned's.
+func (a *Acceptor) buildEnvelope(tx pec.Transaction) (*pec.Message, []byte, error) {
+	ip, ok := a.Signer.(inPlaceSigner)
+	if !ok {
+		return a.buildSigned(tx, pec.BuildEnvelope)
+	}
+	m, err := pec.BuildEnvelopeRoom(tx, signer.PrefixLen, 8<<10)
+	if err != nil {
+		return nil, nil, err
+	}
+	buf, ok := m.EnvelopeBuffer(signer.PrefixLen)
+	if !ok {
+		return nil, nil, fmt.Errorf("sign the %s: no room left before its body", m.Tipo)
+	}
+	data, err := ip.SignInPlace(buf, len(buf)-len(m.Body), tx.At.Time())
+	if err != nil {
+		return nil, nil, fmt.Errorf("sign the %s: %w", m.Tipo, err)
+	}
+	return m, data, nil
+}
+
+// inPlaceSigner is a Signer that signs the end of a buffer in it
+// (signer.Signer.SignInPlace).
+type inPlaceSigner interface {
+	SignInPlace(buf []byte, at int, t time.Time) ([]byte, error)
 }
 
 // record fills the fields of RFC 6109 §2.3 and the submission's.

@@ -103,16 +103,20 @@ func TestUnknownUserCost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	measure := func(addr string) time.Duration {
-		best := time.Duration(1 << 62)
-		for range 3 {
+	// Interleaved, the best of five each: a burst of load on a shared
+	// machine then slows both alike.
+	known, unknown := time.Duration(1<<62), time.Duration(1<<62)
+	for range 5 {
+		for _, addr := range []string{"a@pec.example.it", "z@pec.example.it"} {
 			start := time.Now()
 			u.Authenticate(addr, "wrong")
-			best = min(best, time.Since(start))
+			if d := time.Since(start); addr[0] == 'a' {
+				known = min(known, d)
+			} else {
+				unknown = min(unknown, d)
+			}
 		}
-		return best
 	}
-	known, unknown := measure("a@pec.example.it"), measure("z@pec.example.it")
 	if unknown < known/2 {
 		t.Errorf("unknown user took %v, known %v: the dummy verification is missing", unknown, known)
 	}

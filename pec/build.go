@@ -90,6 +90,11 @@ type Message struct {
 	// message off with.
 	ReversePath  string
 	ForwardPaths []string
+
+	// whole is Body's array from its start, when BuildEnvelopeRoom left
+	// bodyRoom octets before Body (EnvelopeBuffer).
+	whole    []byte
+	bodyRoom int
 }
 
 // Bytes returns the complete message: the outer header, MIME-Version and
@@ -107,6 +112,23 @@ func (m *Message) AppendHead(dst []byte) []byte {
 }
 
 const mimeVersion = "MIME-Version: 1.0\r\n"
+
+// EnvelopeBuffer returns the envelope's header fields and MIME-Version
+// written in the room BuildEnvelopeRoom left before Body, then room
+// octets for the caller, then Body: one slice of the array that holds
+// Body, with capacity beyond it for the tail. ok is false when m was not
+// built with that room (then nothing is written).
+func (m *Message) EnvelopeBuffer(room int) (buf []byte, ok bool) {
+	head := len(m.Header) + len(mimeVersion)
+	if m.bodyRoom != head+room {
+		return nil, false
+	}
+	// Body's array from its first octet on is Body[:cap]; the room is
+	// before it: reach it through the slice the builder kept.
+	buf = m.whole[:head+room+len(m.Body)]
+	m.AppendHead(buf[:0])
+	return buf, true
+}
 
 // Subject prefixes (RFC 6109 §3.1.2-§3.1.5; digest §9 item 2).
 const (
@@ -126,7 +148,17 @@ const (
 // value is then still completa, so writing it says the same thing plainly).
 // Parts: text, daticert.xml, postacert.eml. It is relayed with the original
 // reverse-path and forward-paths (RFC 6109 §3.1.5).
-func BuildEnvelope(tx Transaction) (*Message, error) {
+func BuildEnvelope(tx Transaction) (*Message, error) { return BuildEnvelopeRoom(tx, 0, 0) }
+
+// BuildEnvelopeRoom builds the transport envelope as BuildEnvelope does,
+// with its Body at the end of a buffer that keeps, before it, room for
+// the header fields (AppendHead) and room more octets, and after it
+// capacity for tail more: a signer that writes its prefix there and
+// appends its signature (signer.Signer.SignInPlace) assembles the signed
+// envelope with no copy of the message of its own (docs/configuration.md,
+// "Message memory"). Those octets come before Body in the same array
+// (EnvelopeBuffer).
+func BuildEnvelopeRoom(tx Transaction, room, tail int) (*Message, error) {
 	if err := tx.check(); err != nil {
 		return nil, fmt.Errorf("build transport envelope: %w", err)
 	}
@@ -171,8 +203,13 @@ func BuildEnvelope(tx Transaction) (*Message, error) {
 	dc.Ricevuta = receipt
 	xml := dc.Marshal()
 	text := envelopeText(tx, recips)
-	body := mixed(tx.ID+"/"+TipoPostaCertificata, textPart(text), xmlPart(xml), rfc822Part(originalSegments(s, tx.ID)))
+	seed, parts := tx.ID+"/"+TipoPostaCertificata, []part{textPart(text), xmlPart(xml), rfc822Part(originalSegments(s, tx.ID))}
+	head := len(h.Bytes()) + len(mimeVersion) + room
+	whole := mixedIn(make([]byte, head, head+mixedSize(seed, parts...)+tail), seed, parts...)
+	body := whole[head:len(whole):len(whole)]
 	return &Message{
+		whole:        whole,
+		bodyRoom:     head,
 		Tipo:         TipoPostaCertificata,
 		MessageID:    tx.ID,
 		Header:       h.Bytes(),
@@ -425,15 +462,25 @@ type part [][]byte
 // is derived from seed and the parts, so the output is reproducible, and
 // is checked not to occur in any part (RFC 2046 §5.1.1).
 func mixed(seed string, parts ...part) []byte {
-	boundary := pickBoundary(seed, parts...)
-	size := 256
+	return mixedIn(make([]byte, 0, mixedSize(seed, parts...)), seed, parts...)
+}
+
+// mixedSize is a bound on the length of what mixed writes.
+func mixedSize(seed string, parts ...part) int {
+	size := 256 + len(seed)
 	for _, p := range parts {
-		size += len(boundary) + 8
+		size += 80 + 8
 		for _, seg := range p {
 			size += len(seg)
 		}
 	}
-	b := bytes.NewBuffer(make([]byte, 0, size))
+	return size
+}
+
+// mixedIn appends to dst the multipart/mixed entity of parts.
+func mixedIn(dst []byte, seed string, parts ...part) []byte {
+	boundary := pickBoundary(seed, parts...)
+	b := bytes.NewBuffer(dst)
 	b.WriteString("MIME-Version: 1.0\r\n")
 	b.WriteString("Content-Type: multipart/mixed;\r\n boundary=\"" + boundary + "\"\r\n")
 	b.WriteString("\r\n")

@@ -418,3 +418,32 @@ func checkPostacert(t *testing.T, eml []byte) {
 		t.Errorf("postacert Message-ID %q", m.Header.Get("Message-ID"))
 	}
 }
+
+// TestBuildEnvelopeRoom: the envelope built with room before its body is
+// the envelope BuildEnvelope builds, and EnvelopeBuffer gives its header
+// fields and MIME-Version, the room, then the body, in one array with
+// capacity for the tail.
+func TestBuildEnvelopeRoom(t *testing.T) {
+	want, err := pec.BuildEnvelope(goldenTx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := pec.BuildEnvelopeRoom(goldenTx(t), 150, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(m.Body, want.Body) || !bytes.Equal(m.Header, want.Header) {
+		t.Fatal("the envelope built with room differs")
+	}
+	if _, ok := m.EnvelopeBuffer(149); ok {
+		t.Error("EnvelopeBuffer with another room: ok")
+	}
+	buf, ok := m.EnvelopeBuffer(150)
+	if !ok {
+		t.Fatal("EnvelopeBuffer: not ok")
+	}
+	head := want.AppendHead(nil)
+	if !bytes.HasPrefix(buf, head) || !bytes.Equal(buf[len(head)+150:], want.Body) || &buf[len(buf)-1] != &m.Body[len(m.Body)-1] || cap(buf)-len(buf) < 4096 {
+		t.Errorf("EnvelopeBuffer: %d octets (cap %d), head %v, body %v", len(buf), cap(buf), bytes.HasPrefix(buf, head), bytes.Equal(buf[len(head)+150:], want.Body))
+	}
+}

@@ -7,10 +7,8 @@ import (
 	"strings"
 )
 
-// toCRLF returns b with every bare LF turned into CRLF (RFC 8551 §3.1.1,
-// RFC 5322 §2.1: canonical line ends); existing CRLF pairs are left alone.
-// b itself is returned when there is nothing to change.
-func toCRLF(b []byte) []byte {
+// bareLFs counts the LFs of b without a CR before them.
+func bareLFs(b []byte) int {
 	bare := 0
 	for i := bytes.IndexByte(b, '\n'); i >= 0; {
 		if i == 0 || b[i-1] != '\r' {
@@ -22,6 +20,14 @@ func toCRLF(b []byte) []byte {
 		}
 		i += 1 + j
 	}
+	return bare
+}
+
+// toCRLF returns b with every bare LF turned into CRLF (RFC 8551 §3.1.1,
+// RFC 5322 §2.1: canonical line ends); existing CRLF pairs are left alone.
+// b itself is returned when there is nothing to change.
+func toCRLF(b []byte) []byte {
+	bare := bareLFs(b)
 	if bare == 0 {
 		return b
 	}

@@ -526,3 +526,39 @@ func TestSignConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestSignInPlace: the content at the end of a buffer, with PrefixLen
+// octets of room before it, is signed in that buffer into exactly what
+// SignAppend gives after the octets before the room; content with a bare
+// LF is canonicalised as Sign does; too little room is an error.
+func TestSignInPlace(t *testing.T) {
+	s := fixtureSigner(t, "rsa")
+	head := []byte("Subject: prova\r\nMIME-Version: 1.0\r\n")
+	crlf := toCRLF(fixtureContent(t))
+	for _, content := range [][]byte{crlf, toLF(fixtureContent(t))} {
+		want, err := s.SignAppend(append([]byte(nil), head...), content, testAt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 0, len(head)+PrefixLen+len(content)+8<<10)
+		buf = append(append(append(buf, head...), make([]byte, PrefixLen)...), content...)
+		at := len(buf) - len(content)
+		got, err := s.SignInPlace(buf, at, testAt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("SignInPlace = %.120q…, want %.120q…", got, want)
+		}
+		if canonical := bytes.Equal(content, crlf); canonical != (&got[0] == &buf[0]) {
+			t.Errorf("canonical content %v, signed in the same array %v", canonical, &got[0] == &buf[0])
+		}
+	}
+	buf := append(make([]byte, PrefixLen-1), fixtureContent(t)...)
+	if _, err := s.SignInPlace(buf, PrefixLen-1, testAt); err == nil {
+		t.Error("SignInPlace with too little room: no error")
+	}
+	if _, err := s.SignInPlace(buf, len(buf), testAt); err == nil {
+		t.Error("SignInPlace of nothing: no error")
+	}
+}

@@ -20,6 +20,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -260,20 +262,55 @@ func (s *Signer) SignAppend(dst, content []byte, at time.Time) ([]byte, error) {
 	if len(content) == 0 {
 		return nil, errors.New("nothing to sign: empty content")
 	}
-	at, err := s.signingTime(at)
-	if err != nil {
-		return nil, err
-	}
 	canon := toCRLF(content)
-	digest := sha256.Sum256(canon)
-	der, err := s.signedDigest(digest, at, standardAttributes)
+	der, b, err := s.signCanonical(canon, at)
 	if err != nil {
 		return nil, err
 	}
-	b := chooseBoundary(digest, func(b string) bool {
-		return bytes.Contains(canon, []byte(b))
-	})
 	return assemble(dst, canon, der, b), nil
+}
+
+// signCanonical signs canonical content (CRLF line ends): the CMS
+// SignedData, and a boundary the content does not hold.
+func (s *Signer) signCanonical(canon []byte, at time.Time) (der []byte, boundary string, err error) {
+	at, err = s.signingTime(at)
+	if err != nil {
+		return nil, "", err
+	}
+	digest := sha256.Sum256(canon)
+	if der, err = s.signedDigest(digest, at, standardAttributes); err != nil {
+		return nil, "", err
+	}
+	return der, chooseBoundary(digest, func(b string) bool {
+		return bytes.Contains(canon, []byte(b))
+	}), nil
+}
+
+// SignInPlace signs buf[at:], as SignAppend(buf[:at-PrefixLen],
+// buf[at:]) would, in buf itself: the PrefixLen octets before at
+// are room (pec.BuildEnvelopeRoom leaves it), filled with the
+// multipart/signed prefix, and the signature part is appended after the
+// content. A 100 MB envelope is then built, signed and assembled in one
+// array with no copy of the message of its own (docs/configuration.md,
+// "Message memory"). Content that is not canonical (a bare LF) is
+// signed as SignAppend does, in a new buffer.
+func (s *Signer) SignInPlace(buf []byte, at int, t time.Time) ([]byte, error) {
+	room := at - PrefixLen
+	if room < 0 || at >= len(buf) {
+		return nil, fmt.Errorf("sign in place: content at %d of %d octets, after less than the %d octets of room it needs, or empty", at, len(buf), PrefixLen)
+	}
+	content := buf[at:]
+	if bareLFs(content) > 0 {
+		return s.SignAppend(append([]byte(nil), buf[:room]...), content, t)
+	}
+	der, b, err := s.signCanonical(content, t)
+	if err != nil {
+		return nil, err
+	}
+	if n := len(appendPrefix(buf[room:room], b)); n != PrefixLen {
+		return nil, fmt.Errorf("sign in place: a prefix of %d octets, want %d", n, PrefixLen)
+	}
+	return appendSuffix(buf, der, b), nil
 }
 
 // SignDetached returns a detached CMS SignedData (DER) over data exactly
@@ -306,26 +343,38 @@ func (s *Signer) signingTime(at time.Time) (time.Time, error) {
 // §2.1). The CRLF before each delimiter belongs to the delimiter (RFC 2046
 // §5.1.1), so the first body part is exactly canon.
 func assemble(dst, canon, der []byte, boundary string) []byte {
-	b64 := base64.StdEncoding.EncodeToString(der)
-	out := bytes.NewBuffer(dst)
-	out.Grow(len(canon) + len(b64)*78/76 + 512)
+	dst = slices.Grow(dst, PrefixLen+len(canon)+len(der)*4/3*78/76+512)
+	dst = appendPrefix(dst, boundary)
+	return appendSuffix(append(dst, canon...), der, boundary)
+}
+
+// appendPrefix appends what comes before the signed content: always
+// PrefixLen octets, the boundary being of fixed length (chooseBoundary).
+func appendPrefix(dst []byte, boundary string) []byte {
 	// Folded so that no header line exceeds 78 characters (RFC 5322 §2.1.1).
-	out.WriteString("Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\";\r\n")
-	out.WriteString("\tmicalg=sha-256; boundary=\"" + boundary + "\"\r\n")
-	out.WriteString("\r\nThis is an S/MIME signed message\r\n\r\n")
-	out.WriteString("--" + boundary + "\r\n")
-	out.Write(canon)
-	out.WriteString("\r\n--" + boundary + "\r\n")
-	out.WriteString("Content-Type: application/pkcs7-signature; name=\"smime.p7s\"\r\n")
-	out.WriteString("Content-Transfer-Encoding: base64\r\n")
-	out.WriteString("Content-Disposition: attachment; filename=\"smime.p7s\"\r\n\r\n")
+	dst = append(dst, "Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\";\r\n"...)
+	dst = append(dst, "\tmicalg=sha-256; boundary=\""+boundary+"\"\r\n"...)
+	dst = append(dst, "\r\nThis is an S/MIME signed message\r\n\r\n"...)
+	return append(dst, "--"+boundary+"\r\n"...)
+}
+
+// appendSuffix appends what comes after the signed content: the
+// signature part and the closing boundary.
+func appendSuffix(dst, der []byte, boundary string) []byte {
+	b64 := base64.StdEncoding.EncodeToString(der)
+	dst = append(dst, "\r\n--"+boundary+"\r\n"...)
+	dst = append(dst, "Content-Type: application/pkcs7-signature; name=\"smime.p7s\"\r\n"...)
+	dst = append(dst, "Content-Transfer-Encoding: base64\r\n"...)
+	dst = append(dst, "Content-Disposition: attachment; filename=\"smime.p7s\"\r\n\r\n"...)
 	// RFC 2045 §6.8: base64 lines of at most 76 characters.
 	for len(b64) > 76 {
-		out.WriteString(b64[:76])
-		out.WriteString("\r\n")
+		dst = append(append(dst, b64[:76]...), "\r\n"...)
 		b64 = b64[76:]
 	}
-	out.WriteString(b64)
-	out.WriteString("\r\n--" + boundary + "--\r\n")
-	return out.Bytes()
+	dst = append(dst, b64...)
+	return append(dst, "\r\n--"+boundary+"--\r\n"...)
 }
+
+// PrefixLen is the room SignInPlace needs before the content: what
+// appendPrefix writes.
+var PrefixLen = len(appendPrefix(nil, boundaryPrefix+strings.Repeat("0", 32)))
