@@ -184,6 +184,18 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 		s.closeAll()
 		return nil, err
 	}
+	lang, err := gateway.ParseLanguage(cfg.Submission.ReplyLanguage)
+	if err != nil {
+		s.closeAll()
+		return nil, fmt.Errorf("submission.reply_language: %w", err)
+	}
+	var bareLF gateway.BareLFPolicy
+	if cfg.Submission.BareLF == "normalize" {
+		if bareLF, err = gateway.ParseBareLFClients(cfg.Submission.BareLFClients); err != nil {
+			s.closeAll()
+			return nil, fmt.Errorf("submission.bare_lf_clients: %w", err)
+		}
+	}
 	spool, err := delivery.OpenSpool(cfg.Delivery.Spool)
 	if err != nil {
 		s.closeAll()
@@ -205,6 +217,7 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 		Mailboxes:     mailboxes,
 		Now:           time.Now,
 		Rand:          rand.Reader,
+		BareLF:        bareLF,
 	}
 	// Transactions a crash left half done, before any client can retry.
 	rep, err := acceptor.Reconcile(context.Background(), gateway.ReconcileInput{LogDir: lo.Dir, Now: time.Now()})
@@ -257,6 +270,7 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 		TransactionTimeout: lim.DataTimeout,
 		CommandTimeout:     lim.CommandTimeout,
 		DataTimeout:        lim.DataTimeout,
+		Language:           lang,
 	}
 	gate := gateway.NewConnGate(gateway.ConnLimits{
 		Total:          lim.MaxConnections,
@@ -264,6 +278,7 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 		PerNetwork:     lim.MaxConnectionsPerNetwork,
 		PreAuthTimeout: lim.PreAuthTimeout,
 		LoginTimeout:   lim.LoginTimeout,
+		Language:       lang,
 	}, cfg.Listen.Hostname, logger)
 	raiseFileLimit(lim.MaxConnections, logger)
 	tlsConf := &tls.Config{
@@ -294,10 +309,21 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 		srv.TLSConfig = tlsConf
 		srv.MaxMessageBytes = cfg.Limits.MaxMessageBytes
 		srv.MaxLineLength = gateway.MaxLineLength
-		// RCPT beyond the PEC limit still reaches Inspect, so the user
-		// gets the non-acceptance notice (RFC 6109 §3.1.1); this is only
-		// the hard cap of the session.
-		srv.MaxRecipients = 2 * cfg.Limits.MaxRecipients
+		// The recipient limit is announced (EHLO LIMITS RCPTMAX, RFC
+		// 9422) and applied at RCPT time with the same number: go-smtp
+		// answers the RCPT TO beyond it 452 4.5.3 (RFC 5321
+		// §4.5.3.1.10), before the whole message is uploaded. A client
+		// that goes on to DATA with the recipients it got (RFC 5321 tells
+		// it to) still gets the too-many-recipients refusal and its
+		// notice (RFC 6109 §3.1.2): To and Cc name more recipients than
+		// the limit, and pec.Inspect counts those too. Chosen over
+		// taking every RCPT and refusing after DATA (what pecgw did, with
+		// RCPTMAX twice the limit): a client that reads RCPTMAX, or stops
+		// at the 452, learns it before the upload. The price: the 452 is
+		// go-smtp's own, in English ("Maximum limit of N recipients
+		// reached"): v0.25.1 answers it before calling the session and
+		// takes its text from nowhere else (docs/replies.md).
+		srv.MaxRecipients = cfg.Limits.MaxRecipients
 		srv.ReadTimeout = cfg.Limits.CommandTimeout
 		srv.WriteTimeout = cfg.Limits.CommandTimeout
 		srv.EnableSMTPUTF8 = true
