@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -75,9 +76,16 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 
 // devSetup creates the development setup when the configuration does not
 // exist: pecgw init with the defaults and a demo user whose password is
-// printed once.
+// printed once. It prints only what applies to serve --dev (not init's
+// production steps); when the setup exists, how to set a new password
+// for the demo user, whose first one is not shown again.
 func devSetup(cfgPath string, stdout io.Writer) error {
+	self := selfCommand()
 	if _, err := os.Stat(cfgPath); err == nil {
+		if has, _ := hasUser(cfgPath, devUser); has {
+			fmt.Fprintf(stdout, "pecgw: development setup %s; the password of %s was shown when it was created.\n"+
+				"  a new one: %s user passwd %s --config %s --generate\n", cfgPath, devUser, self, devUser, cfgPath)
+		}
 		return nil
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return err
@@ -86,7 +94,7 @@ func devSetup(cfgPath string, stdout io.Writer) error {
 	if filepath.Base(cfgPath) != "pecgw.toml" {
 		return fmt.Errorf("--dev creates <dir>/pecgw.toml; %s does not exist", cfgPath)
 	}
-	if err := cmdInit([]string{"--dir", dir, "--domain", devDomain, "--provider-name", devProvider}, stdout); err != nil {
+	if _, _, err := initDir([]string{"--dir", dir, "--domain", devDomain, "--provider-name", devProvider}); err != nil {
 		return err
 	}
 	pw, err := generatePassword()
@@ -96,8 +104,44 @@ func devSetup(cfgPath string, stdout io.Writer) error {
 	if err := gateway.AddUser(filepath.Join(dir, "users"), devUser, pw); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "\ndemo user: %s  password: %s  (shown once)\n\n", devUser, pw)
+	fmt.Fprintf(stdout, `pecgw: created the development setup in %s: configuration pecgw.toml, development PKI
+  in pki/ (ca.pem verifies what pecgw signs and its TLS certificate), log/, outbound/, mailboxes/.
+
+demo user: %s  password: %s  (shown once; a new one:
+  %s user passwd %s --config %s --generate)
+
+`, dir, devUser, pw, self, devUser, cfgPath)
 	return nil
+}
+
+// hasUser says whether the users file of the configuration at cfgPath
+// lists address.
+func hasUser(cfgPath, address string) (bool, error) {
+	c, err := config.Load(cfgPath)
+	if err != nil {
+		return false, err
+	}
+	if c.Users.Backend != "file" {
+		return false, nil
+	}
+	u, err := gateway.LoadUsers(c.Users.File)
+	if err != nil {
+		return false, err
+	}
+	return slices.Contains(u.Addresses(), address), nil
+}
+
+// selfCommand is how this pecgw can be run again, for the commands it
+// suggests: "go run ./cmd/pecgw" when it runs under go run (README's
+// first run), else the name it was started with.
+func selfCommand() string {
+	if exe, err := os.Executable(); err == nil && strings.Contains(exe, string(filepath.Separator)+"go-build") {
+		return "go run ./cmd/pecgw"
+	}
+	if len(os.Args) > 0 && os.Args[0] != "" {
+		return os.Args[0]
+	}
+	return "pecgw"
 }
 
 // server is the running access point: its parts and listeners.
