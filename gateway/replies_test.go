@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"context"
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -8,7 +10,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/pecgw/pecgw/dedup"
 	"github.com/pecgw/pecgw/pec"
 )
 
@@ -182,4 +186,65 @@ func TestReplyPECID(t *testing.T) {
 			t.Errorf("ReplyPECID(%q) = %q, want %q", text, got, want)
 		}
 	}
+}
+
+func TestReplyPattern(t *testing.T) {
+	o := &Outcome{ID: "20261123103000.zqkjmofwmhieigdsouxh7bbq4y@pec.example.it", Violations: []pec.Violation{{Code: pec.CodeBareLF, Args: map[string]string{"line": "3"}}}}
+	for _, l := range []Language{Italian, English, ItalianAndEnglish} {
+		_, _, re, ok := ReplyPattern(pec.CodeBareLF, l)
+		if got := RefusedReply(l, o).Message; !ok || !re.MatchString(got) {
+			t.Errorf("%s: %q does not match %v", l, got, re)
+		}
+		_, _, re, _ = ReplyPattern("connections-address", l)
+		if got := l.reply("connections-address", "pec.example.it", "ip", "192.0.2.7").Message; !re.MatchString(got) {
+			t.Errorf("%s: %q does not match %v", l, got, re)
+		}
+	}
+	if _, _, re, _ := ReplyPattern(pec.CodeBareLF, ""); re.MatchString(RefusedReply("", &Outcome{ID: o.ID, Violations: []pec.Violation{{Code: pec.CodeBareCR}}}).Message) {
+		t.Error("the bare-lf pattern matches a bare-cr reply")
+	}
+}
+
+// TestTemporaryReplies: the 4xx that need a transaction held inside the
+// daemon, over a real session (cmd/pecgw's TestTemporaryRepliesOverTheBinary
+// has those that can be brought about from outside): a twin in flight,
+// the transaction's deadline, the message memory taken.
+func TestTemporaryReplies(t *testing.T) {
+	both := []string{"anna@pec.altro.it", "luca@example.com"}
+	check := func(t *testing.T, key string, r rawReply) {
+		t.Helper()
+		code, enh, re, _ := ReplyPattern(key, ItalianAndEnglish)
+		if r.err != nil || r.code != code || r.enh != enh || !re.MatchString(r.text) {
+			t.Errorf("%s: %v %v, want %d %v matching %v", key, r, r.enh, code, enh, re)
+		}
+		checkReplyLine(t, key, r.code, r.text)
+	}
+	t.Run("in-flight", func(t *testing.T) {
+		ts := newTestServer(t)
+		st := withDedup(t, ts.fixture)
+		k := dedup.Key{Sender: mario, MessageID: "<c1@mua>", Recipients: both, BodyHash: sha256.Sum256([]byte(goodMessage))}
+		if c, err := st.Claim(context.Background(), k, time.Minute); err != nil || c.State != dedup.New {
+			t.Fatalf("claim %+v %v", c, err)
+		}
+		check(t, "in-flight", newRawAuthed(t, ts, true).transaction(t, mario, both, goodMessage))
+		assertNothing(t, ts.fixture)
+	})
+	t.Run("timeout", func(t *testing.T) {
+		ts := newTestServerWith(t, func(b *Backend) { b.TransactionTimeout = time.Nanosecond })
+		check(t, "timeout", newRawAuthed(t, ts, true).transaction(t, mario, both, goodMessage))
+	})
+	t.Run("busy-memory", func(t *testing.T) {
+		m, err := NewMessageMemory(16<<20, t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		release, err := m.reserve(context.Background(), 16<<20) // every octet of it, elsewhere
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer release()
+		ts := newTestServerWith(t, func(b *Backend) { b.Memory, b.TransactionTimeout = m, 300*time.Millisecond })
+		check(t, "busy-memory", newRawAuthed(t, ts, true).transaction(t, mario, both, goodMessage))
+		assertNothing(t, ts.fixture)
+	})
 }

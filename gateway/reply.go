@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -174,10 +175,13 @@ func replyTable() []replyText {
 		{key: "auth-failed", code: 535, enh: c(5, 7, 8),
 			it: "nome utente o password errati",
 			en: "authentication credentials invalid"},
-		{key: "auth-need-tls", code: 538, enh: c(5, 7, 11),
+		// go-smtp answers AUTH before TLS (523 5.7.10), a second AUTH
+		// (503 5.5.1) and RCPT before MAIL (502 5.5.1) itself: these
+		// three are pecgw's guard behind it.
+		{key: "auth-need-tls", code: 538, enh: c(5, 7, 11), never: true,
 			it: "per autenticarsi serve una connessione cifrata (STARTTLS o SMTPS)",
 			en: "encryption required for authentication (STARTTLS or SMTPS)"},
-		{key: "auth-twice", code: 503, enh: c(5, 5, 1),
+		{key: "auth-twice", code: 503, enh: c(5, 5, 1), never: true,
 			it: "autenticazione gia' avvenuta",
 			en: "already authenticated"},
 		{key: "auth-mechanism", code: 504, enh: c(5, 5, 4),
@@ -209,7 +213,7 @@ func replyTable() []replyText {
 		{key: "suspended", code: 550, enh: c(5, 7, 1),
 			it: "la casella {address} e' sospesa dal {since}: non puo' inviare posta certificata{reason}",
 			en: "mailbox {address} is suspended since {since}: it cannot send certified mail{reason}"},
-		{key: "mail-first", code: 503, enh: c(5, 5, 1),
+		{key: "mail-first", code: 503, enh: c(5, 5, 1), never: true,
 			it: "prima serve il comando MAIL",
 			en: "MAIL first"},
 		// RFC 1870 §6.
@@ -488,4 +492,40 @@ func isEnhancedCode(s string) bool {
 		}
 	}
 	return true
+}
+
+// ReplyPattern is the regular expression the text of reply key (a row of
+// docs/replies.md) matches in language l, with one cause when it is a
+// refusal and its lead (the PEC identifier, the host name) first; code
+// and enh are its codes. For tests and tools that check what a client
+// gets; ok is false for a key the table does not have.
+func ReplyPattern(key string, l Language) (code int, enh smtp.EnhancedCode, re *regexp.Regexp, ok bool) {
+	r, ok := replyByKey[key]
+	if !ok {
+		return 0, smtp.EnhancedCode{}, nil, false
+	}
+	text := func(s string) string {
+		q := regexp.QuoteMeta(s)
+		return regexp.MustCompile(`\\\{[a-z]+\\\}`).ReplaceAllString(q, `.*?`)
+	}
+	it, en := text(r.it), text(r.en)
+	if r.refusal {
+		it, en = regexp.QuoteMeta(refusedIt)+it, regexp.QuoteMeta(refusedEn)+en
+	}
+	var body string
+	switch l {
+	case Italian:
+		body = it
+	case English:
+		body = en
+	default:
+		body = it + " / " + en
+	}
+	switch r.lead {
+	case "id":
+		body = `[0-9]{14}\.[a-z2-7]{26}@[^ ]+ ` + body
+	case "host":
+		body = `[^ ]+ ` + body
+	}
+	return r.code, r.enh, regexp.MustCompile("^" + body + "$"), true
 }
