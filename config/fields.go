@@ -79,7 +79,7 @@ func (c *Config) fields() []field {
 			int64v(&c.Limits.MessageMemory, 512<<20), between(&c.Limits.MessageMemory, 16<<20, 1<<40)},
 		{"limits.max_size_times_recipients", "Message size × recipients, octets (RFC 6109 §3.1.1).", false,
 			int64v(&c.Limits.MaxSizeTimesRecipients, 100_000_000), between(&c.Limits.MaxSizeTimesRecipients, 1024, 1<<40)},
-		{"limits.max_recipients", "Recipients per message.", false,
+		{"limits.max_recipients", "Recipients per message: announced in EHLO (LIMITS RCPTMAX, RFC 9422); a RCPT TO beyond it gets 452 4.5.3.", false,
 			intv(&c.Limits.MaxRecipients, 500), between(&c.Limits.MaxRecipients, 1, 10000)},
 		// gateway/listener.go: connections count from accept, not from EHLO.
 		{"limits.max_connections", "Simultaneous connections, counted from accept (the file descriptor limit is raised to fit).", false,

@@ -24,7 +24,7 @@ import (
 //
 // Every line is ASCII and at most 512 octets with its code and CRLF (RFC
 // 5321 §4.5.3.1.5). RFC 2047 encoding has no place in a reply, and UTF-8
-// only in an SMTPUTF8 session (RFC 6531 §3.7.4.2): Italian is written
+// only in an SMTPUTF8 session (RFC 6531): Italian is written
 // without accents, "e'" for "è", as Italian servers do. When there is a
 // PEC identifier it comes first and whole, as the daticert.xml
 // <identificativo> and `pecgw log query --id` have it, so that a user can

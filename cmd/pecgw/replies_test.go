@@ -167,12 +167,18 @@ func (rc *rawClient) transaction(t *testing.T, from string, rcpts []string, msg 
 // that identifier.
 func checkReply(t *testing.T, key string, a rawAnswer) string {
 	t.Helper()
+	return checkReplyIn(t, key, gateway.ItalianAndEnglish, a)
+}
+
+// checkReplyIn is checkReply for the reply language l.
+func checkReplyIn(t *testing.T, key string, l gateway.Language, a rawAnswer) string {
+	t.Helper()
 	if a.err != nil {
 		t.Errorf("%s: no reply: %v", key, a.err)
 		return ""
 	}
 	checkLines(t, key, a)
-	code, enh, re, ok := gateway.ReplyPattern(key, gateway.ItalianAndEnglish)
+	code, enh, re, ok := gateway.ReplyPattern(key, l)
 	if !ok {
 		t.Fatalf("no reply %q in the table", key)
 	}
@@ -646,12 +652,18 @@ func TestTemporaryRepliesOverTheBinary(t *testing.T) {
 }
 
 // TestAccountsUnavailableOverTheBinary: users.backend = "dovecot" with
-// no Dovecot behind the socket: 454 4.7.0, try again later.
+// no Dovecot behind the socket: 454 4.7.0, try again later; in Italian
+// only, with submission.reply_language = "it".
 func TestAccountsUnavailableOverTheBinary(t *testing.T) {
 	_, _, smtps, tc, _ := replyDaemon(t, map[string]map[string]string{
-		"[users]": {"backend": `"dovecot"`, "dovecot_socket": strconv.Quote(filepath.Join(t.TempDir(), "no-dovecot")), "dovecot_timeout": `"200ms"`},
+		"[users]":      {"backend": `"dovecot"`, "dovecot_socket": strconv.Quote(filepath.Join(t.TempDir(), "no-dovecot")), "dovecot_timeout": `"200ms"`},
+		"[submission]": {"reply_language": `"it"`},
 	})
 	rc, _ := dialRaw(t, "", smtps, tc)
 	rc.must(t, "EHLO client.example", 250)
-	checkReply(t, "auth-unavailable", rc.cmd(authPlainLine("mario@pec.example.it", "correct horse")))
+	a := rc.cmd(authPlainLine("mario@pec.example.it", "correct horse"))
+	checkReplyIn(t, "auth-unavailable", gateway.Italian, a)
+	if a.text != "gli account non sono verificabili in questo momento, riprovare piu' tardi" {
+		t.Errorf("reply_language = \"it\": %q", a.text)
+	}
 }
