@@ -12,9 +12,10 @@ import (
 // What the access point, as a message submission agent, fixes in a
 // submission before the formal checks (RFC 6409 §8), and nothing else:
 // every rule of RFC 6109 §3.1.1 is then applied to the fixed message,
-// which is what postacert.eml carries (docs/formats.md). The dedup key
-// and the log's size and hash stay those of the message as the client
-// sent it, so a retry of it is recognised whatever was fixed.
+// which is what postacert.eml carries (docs/formats.md). The dedup key,
+// the size the log records and the hash of a refused message stay those
+// of the message as the client sent it, so a retry of it is recognised
+// whatever was fixed.
 
 // fixed is the message of s as it is inspected and certified: bare LF
 // line ends made CRLF for the clients a.BareLF lists, and a Date added
