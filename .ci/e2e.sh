@@ -38,9 +38,9 @@ MSG
 # The same message twice, once per listener: the second is the client's
 # retry and must be answered with the first PEC identifier, nothing new.
 id1=$(swaks --server "$sub" --tls --auth PLAIN --auth-user ci@pec.example.it --auth-password 'ci password 1' \
-  --from ci@pec.example.it --to anna@pec.altro.it --data "$tmp/msg.eml" 2>&1 | sed -n 's/.*250 2.0.0 accepted as certified mail, PEC id \([^ ]*\).*/\1/p')
+  --from ci@pec.example.it --to anna@pec.altro.it --data "$tmp/msg.eml" 2>&1 | sed -n 's/.*250 2.0.0 \([^ ]*@[^ ]*\) Messaggio .*/\1/p')
 id2=$(swaks --server "$smtps" --tlsc --auth LOGIN --auth-user ci@pec.example.it --auth-password 'ci password 1' \
-  --from ci@pec.example.it --to anna@pec.altro.it --data "$tmp/msg.eml" 2>&1 | sed -n 's/.*250 2.0.0 accepted as certified mail, PEC id \([^ ]*\).*/\1/p')
+  --from ci@pec.example.it --to anna@pec.altro.it --data "$tmp/msg.eml" 2>&1 | sed -n 's/.*250 2.0.0 \([^ ]*@[^ ]*\) Messaggio .*/\1/p')
 [ -n "$id1" ] && [ "$id1" = "$id2" ] || { echo "PEC ids: first '$id1', retry '$id2'"; cat "$tmp/serve.err"; exit 1; }
 
 n=0

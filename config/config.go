@@ -30,17 +30,18 @@ type Config struct {
 	// Relative paths in the file are resolved against its folder.
 	File string
 
-	Provider  Provider
-	Listen    Listen
-	TLS       TLS
-	Signing   Signing
-	Directory Directory
-	Limits    Limits
-	Users     Users
-	Log       Log
-	Delivery  Delivery
-	Dedup     Dedup
-	Logging   Logging
+	Provider   Provider
+	Listen     Listen
+	TLS        TLS
+	Signing    Signing
+	Directory  Directory
+	Limits     Limits
+	Submission Submission
+	Users      Users
+	Log        Log
+	Delivery   Delivery
+	Dedup      Dedup
+	Logging    Logging
 }
 
 // Provider is the PEC provider (gestore) this access point belongs to.
@@ -94,6 +95,14 @@ type Limits struct {
 	AuthAddressLockoutFailures int // per address
 	AuthLockout                time.Duration
 	MinAuthTime                time.Duration
+}
+
+// Submission is what the submission service says to its clients and what
+// it fixes in their messages (RFC 6409 §8).
+type Submission struct {
+	ReplyLanguage string   // "it", "en" or "it+en" (gateway.Language)
+	BareLF        string   // "refuse" or "normalize" (gateway.BareLFPolicy)
+	BareLFClients []string // bare_lf = "normalize": users and networks it applies to
 }
 
 // Users says where the users are and how their logins are checked
@@ -426,6 +435,9 @@ func (c *Config) LogOptions(signer logstore.CheckpointSigner) logstore.Options {
 // folder on the log's own file system (docs/logformat.md, "Witnesses").
 func (c *Config) Warnings() []string {
 	var out []string
+	if c.Submission.BareLF == "refuse" && len(c.Submission.BareLFClients) > 0 {
+		out = append(out, `submission.bare_lf_clients: listed, but submission.bare_lf = "refuse": their bare LF line ends are refused like everyone's`)
+	}
 	if c.Log.WitnessDir == "" {
 		return append(out, "log.witness_dir: no witness folder: records cut from the end of the log, or a folder restored from an older copy, cannot be seen (a Redis witness can, with dedup.store = \"redis\")")
 	}

@@ -108,6 +108,7 @@ func TestRoundTrip(t *testing.T) {
 			MaxConnectionsPerIP: 5, MaxConnectionsPerNetwork: 7, PreAuthTimeout: 5 * time.Second, LoginTimeout: 40 * time.Second,
 			CommandTimeout: 6 * time.Minute, DataTimeout: 90 * time.Second, AuthFailuresBeforeDelay: 2,
 			AuthLockoutFailures: 5, AuthAddressLockoutFailures: 60, AuthLockout: time.Hour, MinAuthTime: 50 * time.Millisecond},
+		Submission: Submission{ReplyLanguage: "it", BareLF: "normalize", BareLFClients: []string{"app@pec.example.it", "10.1.2.0/24", "2001:db8::/32", "192.0.2.7"}},
 		Users: Users{Backend: "dovecot", File: abs("u/users"), DovecotSocket: "/run/dovecot/auth-client", DovecotService: "pecgw",
 			DovecotTimeout: 3 * time.Second, Suspended: abs("u/susp"), CacheTTL: 10 * time.Minute, CacheSize: 500, HashSlots: 4, HashWait: time.Second},
 		Log: Log{Dir: abs("l"), CheckpointEvery: 10, CheckpointInterval: 30 * time.Millisecond, MaxSegmentMB: 64, RetentionMonths: 36,
@@ -549,5 +550,37 @@ func TestWarnings(t *testing.T) {
 	}
 	if w := c.Warnings(); len(w) != 0 {
 		t.Errorf("witness on another file system: %q", w)
+	}
+}
+
+// TestSubmission: submission.bare_lf and its list of clients, and the
+// reply language.
+func TestSubmission(t *testing.T) {
+	for _, c := range []struct{ conf, want string }{
+		{"[submission]\nbare_lf = \"normalize\"\n", "submission.bare_lf_clients: required when submission.bare_lf = \"normalize\""},
+		{"[submission]\nbare_lf = \"lenient\"\n", `submission.bare_lf: must be one of "refuse", "normalize", got "lenient"`},
+		{"[submission]\nbare_lf = \"normalize\"\nbare_lf_clients = [\"10.0.0.0/33\", \"app@\", \"host.example\"]\n",
+			`submission.bare_lf_clients: item 1 "10.0.0.0/33": not an IP network in CIDR notation; item 2 "app@": not a mailbox address; item 3 "host.example": neither an address (user@domain) nor an IP network (CIDR)`},
+		{"[submission]\nreply_language = \"fr\"\n", `submission.reply_language: must be one of "it+en", "it", "en", got "fr"`},
+	} {
+		_, err := Load(writeConfig(t, minimal+c.conf))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want %q", c.conf, err, c.want)
+		}
+	}
+	c, err := Load(writeConfig(t, minimal+"[submission]\nbare_lf = \"normalize\"\nbare_lf_clients = [\"0.0.0.0/0\", \"::/0\"]\n"))
+	if err != nil || c.Submission.BareLF != "normalize" || len(c.Submission.BareLFClients) != 2 {
+		t.Errorf("normalize for every client: %+v, %v", c.Submission, err)
+	}
+	c, err = Load(writeConfig(t, minimal+"[submission]\nbare_lf_clients = [\"app@pec.example.it\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, w := range c.Warnings() {
+		found = found || strings.HasPrefix(w, "submission.bare_lf_clients: listed, but submission.bare_lf = \"refuse\"")
+	}
+	if !found {
+		t.Errorf("clients listed with refuse: no warning in %q", c.Warnings())
 	}
 }

@@ -32,6 +32,7 @@ var sections = []section{
 	{"signing", "The provider's signing key and certificate (RFC 6109 §5.5)."},
 	{"directory", "PEC domains besides the provider's own (RFC 6109 §5.3)."},
 	{"limits", "Resource limits of the submission service."},
+	{"submission", "What the submission service answers its clients, and what it fixes in their messages (RFC 6409 §8)."},
 	{"users", "The users allowed to submit (pecgw user add|passwd|del|list)."},
 	{"log", "The legal transaction log (RFC 6109 §2.3)."},
 	{"delivery", "Where finished messages go: a local maildir, or the next hops over SMTP/LMTP."},
@@ -78,7 +79,7 @@ func (c *Config) fields() []field {
 			int64v(&c.Limits.MessageMemory, 512<<20), between(&c.Limits.MessageMemory, 16<<20, 1<<40)},
 		{"limits.max_size_times_recipients", "Message size × recipients, octets (RFC 6109 §3.1.1).", false,
 			int64v(&c.Limits.MaxSizeTimesRecipients, 100_000_000), between(&c.Limits.MaxSizeTimesRecipients, 1024, 1<<40)},
-		{"limits.max_recipients", "Recipients per message.", false,
+		{"limits.max_recipients", "Recipients per message: announced in EHLO (LIMITS RCPTMAX, RFC 9422); a RCPT TO beyond it gets 452 4.5.3.", false,
 			intv(&c.Limits.MaxRecipients, 500), between(&c.Limits.MaxRecipients, 1, 10000)},
 		// gateway/listener.go: connections count from accept, not from EHLO.
 		{"limits.max_connections", "Simultaneous connections, counted from accept (the file descriptor limit is raised to fit).", false,
@@ -109,6 +110,15 @@ func (c *Config) fields() []field {
 			dur(&c.Limits.AuthLockout, 15*time.Minute), durBetween(&c.Limits.AuthLockout, time.Second, 24*time.Hour)},
 		{"limits.min_auth_time", "Least time a failed AUTH takes to be answered, so that timing tells nothing about users (below 100ms it may: test setups only).", false,
 			dur(&c.Limits.MinAuthTime, 300*time.Millisecond), durBetween(&c.Limits.MinAuthTime, time.Millisecond, 10*time.Second)},
+
+		// gateway/reply.go, docs/replies.md.
+		{"submission.reply_language", "Language of the SMTP replies' texts: \"it+en\" (Italian, then English, on one line), \"it\" or \"en\".", false,
+			str(&c.Submission.ReplyLanguage, "it+en"), oneOf(&c.Submission.ReplyLanguage, "it+en", "it", "en")},
+		// gateway/submit.go: RFC 5321 §2.3.8, SMTP smuggling.
+		{"submission.bare_lf", "Lines ending in a bare LF: \"refuse\" (RFC 5321 §2.3.8; with a notice saying what to fix) or \"normalize\" (made CRLF, for the clients of bare_lf_clients only).", false,
+			str(&c.Submission.BareLF, "refuse"), oneOf(&c.Submission.BareLF, "refuse", "normalize")},
+		{"submission.bare_lf_clients", "bare_lf = \"normalize\": the users (addresses) and client networks (CIDR, or single IP addresses) whose bare LF line ends are made CRLF; everyone else's are refused.", false,
+			list(&c.Submission.BareLFClients, nil), func() error { return bareLFClients(c.Submission.BareLFClients) }},
 
 		{"users.backend", "Where passwords are checked: \"file\" (users.file) or \"dovecot\" (the provider's Dovecot, over its auth socket).", false,
 			str(&c.Users.Backend, "file"), oneOf(&c.Users.Backend, "file", "dovecot")},

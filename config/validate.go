@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -51,6 +52,11 @@ func (c *Config) validate(typeErrs map[string]error) []error {
 	}
 	if l.AuthAddressLockoutFailures < l.AuthLockoutFailures {
 		add("limits.auth_address_lockout_failures", fmt.Errorf("must not be less than limits.auth_lockout_failures (%d), got %d", l.AuthLockoutFailures, l.AuthAddressLockoutFailures))
+	}
+	if c.Submission.BareLF == "normalize" && len(c.Submission.BareLFClients) == 0 {
+		// Explicit, so that nobody normalises everyone's by leaving the
+		// list out: "0.0.0.0/0" and "::/0" say it.
+		add("submission.bare_lf_clients", errors.New(`required when submission.bare_lf = "normalize": list the users and networks it applies to ("0.0.0.0/0" and "::/0" for every client)`))
 	}
 	switch u := c.Users; u.Backend {
 	case "file":
@@ -310,6 +316,31 @@ func receiptsAddress(s string) error {
 		return nil
 	}
 	return hostPort(s, true)
+}
+
+// bareLFClients checks submission.bare_lf_clients: each entry an address
+// (user@domain) or an IP network in CIDR notation, or an IP address. The
+// same rules as gateway.ParseBareLFClients, reported here by key.
+func bareLFClients(l []string) error {
+	var errs []error
+	for i, e := range l {
+		switch {
+		case strings.Contains(e, "@"):
+			local, domain, _ := strings.Cut(e, "@")
+			if local == "" || strings.ContainsAny(local, " \t\"<>()[],;:\\") || domainName(domain, false) != nil {
+				errs = append(errs, fmt.Errorf("item %d %q: not a mailbox address", i+1, e))
+			}
+		case strings.Contains(e, "/"):
+			if _, err := netip.ParsePrefix(e); err != nil {
+				errs = append(errs, fmt.Errorf("item %d %q: not an IP network in CIDR notation", i+1, e))
+			}
+		default:
+			if _, err := netip.ParseAddr(e); err != nil {
+				errs = append(errs, fmt.Errorf("item %d %q: neither an address (user@domain) nor an IP network (CIDR)", i+1, e))
+			}
+		}
+	}
+	return joinInline(errs)
 }
 
 // witnessName checks log.name: it names a file and a Redis key.

@@ -73,6 +73,11 @@ type Acceptor struct {
 	// unavailable (config dedup.on_error = "accept"); otherwise the client
 	// gets 451 and retries later.
 	DedupFailOpen bool
+
+	// BareLF is whose bare LF line ends are made CRLF before the formal
+	// checks (submission.bare_lf = "normalize", submit.go); the zero
+	// value normalises nobody's.
+	BareLF BareLFPolicy
 }
 
 // ErrInFlight is returned while a twin of the submission is being
@@ -143,10 +148,11 @@ func (a *Acceptor) Process(ctx context.Context, s *Submission) (*Outcome, error)
 	if a.Receipts == nil || a.Transactions == nil {
 		return nil, errors.New("gateway: the Acceptor has no receipt spool or no Transactions")
 	}
-	sub, violations := pec.Inspect(s.Raw, s.Envelope, a.Limits)
 	// DM 2 novembre 2005 art. 9: one time reference for the whole
-	// transaction, taken once, used in every artefact and log record.
+	// transaction, taken once, used in every artefact and log record (and
+	// in the Date a submission without one gets, submit.go).
 	at := pec.At(a.Now())
+	sub, violations := pec.Inspect(a.fixed(s, at), s.Envelope, a.Limits)
 	id, err := pec.NewID(at, a.Rand, a.Provider.Domain)
 	if err != nil {
 		return nil, fmt.Errorf("pec identifier: %w", err)

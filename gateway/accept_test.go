@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -144,7 +145,7 @@ func TestAcceptHandsOffAndLogs(t *testing.T) {
 	if len(recs[0].Recipients) != 2 || recs[0].Recipients[0].Tipo != "certificato" || recs[0].Recipients[1].Tipo != "esterno" {
 		t.Errorf("recipients %+v", recs[0].Recipients)
 	}
-	if r := AcceptedReply(o); r.Code != 250 || !strings.Contains(r.Message, o.ID) {
+	if r := AcceptedReply("", o); r.Code != 250 || !strings.HasPrefix(r.Message, o.ID+" Messaggio accettato come posta certificata / Accepted as certified mail") {
 		t.Errorf("reply %+v", r)
 	}
 }
@@ -170,9 +171,32 @@ func TestRefuseSendsOneNotice(t *testing.T) {
 	if len(recs) != 1 || recs[0].Type != logstore.EventNonAccettazione || strings.Join(recs[0].Violations, ",") != "hidden-bcc" || recs[0].Generated.Notice != o.NoticeID {
 		t.Fatalf("log %+v", recs)
 	}
-	r := RefusedReply(o)
-	if r.Code != 550 || r.EnhancedCode != [3]int{5, 7, 1} || !strings.Contains(r.Message, "spy@example.com") || !strings.Contains(r.Message, o.NoticeID) {
-		t.Errorf("reply %d %v %q", r.Code, r.EnhancedCode, r.Message)
+	r := RefusedReply("", o)
+	want := o.ID + " Messaggio non accettato: destinatario nascosto (Ccn/Bcc) non ammesso nella PEC / Not accepted: hidden Bcc recipients are not allowed in PEC"
+	if r.Code != 550 || r.EnhancedCode != [3]int{5, 7, 1} || r.Message != want {
+		t.Errorf("reply %d %v %q, want 550 5.7.1 %q", r.Code, r.EnhancedCode, r.Message, want)
+	}
+	// The notice names the refused recipient, in its text and in
+	// daticert <errore-esteso> (RFC 6109 §4.4: <destinatari> is To ∪ Cc).
+	res, err := signer.Verify(notice.Data, testpki.Roots())
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := pec.FindDatiCert(res.Content)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := pec.ParseDatiCert(x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(d.ErroreEsteso, "spy@example.com") {
+		t.Errorf("errore-esteso %q does not name the hidden recipient", d.ErroreEsteso)
+	}
+	for _, r := range d.Destinatari {
+		if r.Address == "spy@example.com" {
+			t.Errorf("the hidden recipient is among the daticert destinatari %+v", d.Destinatari)
+		}
 	}
 }
 
@@ -191,7 +215,7 @@ func TestHandOffFailuresAreLoggedAndTemporary(t *testing.T) {
 		if len(recs) != 3 || recs[2].Type != logstore.EventAborted || !strings.Contains(recs[2].Detail, "next hop down") {
 			t.Fatalf("log %+v", recs)
 		}
-		if r := InternalReply(boom); r.Code != 451 || strings.Contains(r.Message, "next hop") {
+		if r := InternalReply("", boom); r.Code != 451 || strings.Contains(r.Message, "next hop") || r.Message != "errore temporaneo, riprovare piu' tardi / temporary failure, please retry later" {
 			t.Errorf("reply %+v leaks or is not temporary", r)
 		}
 	})
@@ -219,18 +243,28 @@ func TestHandOffFailuresAreLoggedAndTemporary(t *testing.T) {
 }
 
 func TestRefusedReplyIsBounded(t *testing.T) {
-	o := &Outcome{NoticeID: "n@pec.example.it"}
-	for range 50 {
-		o.Violations = append(o.Violations, pec.Violation{Code: pec.CodeBareLF, English: strings.Repeat("é long text ", 10)})
+	id := "20261202172700.duyt634h7c2suq3mtwvzth3wai@" + strings.Repeat("pec.", 40) + "example.it"
+	o := &Outcome{ID: id, NoticeID: "n@pec.example.it"}
+	for i := range 50 {
+		o.Violations = append(o.Violations, pec.Violation{Code: pec.CodeDuplicateField,
+			Args: map[string]string{"field": strings.Repeat("è", 60), "count": strconv.Itoa(i)}})
 	}
-	r := RefusedReply(o)
-	if len(r.Message) > maxReplyText || !strings.HasSuffix(r.Message, "n@pec.example.it sent to the sender") || r.EnhancedCode != [3]int{5, 6, 0} {
-		t.Errorf("reply %d %q", len(r.Message), r.Message)
-	}
-	for _, c := range r.Message {
-		if c >= 0x80 || c < 0x20 {
-			t.Fatalf("non-ASCII or control character in reply %q", r.Message)
+	for _, l := range []Language{Italian, English, ItalianAndEnglish} {
+		r := RefusedReply(l, o)
+		// "550 5.6.0 " + text + CRLF within RFC 5321 §4.5.3.1.5's 512.
+		if len("550 5.6.0 ")+len(r.Message)+2 > 512 || !strings.HasPrefix(r.Message, id+" ") || r.EnhancedCode != [3]int{5, 6, 0} {
+			t.Errorf("%s: reply %d %q", l, len(r.Message), r.Message)
 		}
+		for _, c := range r.Message {
+			if c >= 0x80 || c < 0x20 {
+				t.Fatalf("%s: non-ASCII or control character in reply %q", l, r.Message)
+			}
+		}
+	}
+	// Fifty causes: those that fit, and the others counted.
+	o.ID = "20261202172700.duyt634h7c2suq3mtwvzth3wai@pec.example.it"
+	if r := RefusedReply("", o); !strings.Contains(r.Message, "motivi nell'avviso di non accettazione") || !strings.Contains(r.Message, "more in the non-acceptance notice") {
+		t.Errorf("reply %q does not count the causes left out", r.Message)
 	}
 }
 

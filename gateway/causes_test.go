@@ -114,19 +114,19 @@ func TestNonAcceptanceCauses(t *testing.T) {
 		{"bcc-header", pec.Limits{}, both, withHeader("Subject: prova\r\n", "Subject: prova\r\nBcc: spy@example.com\r\n"),
 			550, smtp.EnhancedCode{5, 7, 1}, pec.CodeBccHeader, "Bcc", false},
 		{"hidden-bcc", pec.Limits{}, append(both, "spy@example.com"), goodMessage,
-			550, smtp.EnhancedCode{5, 7, 1}, pec.CodeHiddenBcc, "spy@example.com", false},
+			550, smtp.EnhancedCode{5, 7, 1}, pec.CodeHiddenBcc, "destinatario nascosto (Ccn/Bcc) non ammesso nella PEC", false},
 		{"sender-mismatch", pec.Limits{}, both, withHeader("From: Mario <mario@pec.example.it>\r\n", "From: Anna <anna@pec.altro.it>\r\n"),
-			550, smtp.EnhancedCode{5, 7, 1}, pec.CodeSenderMismatch, "From", false},
+			550, smtp.EnhancedCode{5, 7, 1}, pec.CodeSenderMismatch, "does not coincide with MAIL FROM", false},
 		{"missing-to", pec.Limits{}, []string{"luca@example.com"}, withHeader("To: anna@pec.altro.it\r\n", ""),
 			550, smtp.EnhancedCode{5, 6, 0}, pec.CodeMissingTo, "To", false},
 		{"size-limit", pec.Limits{MaxSizeTimesRecipients: int64(2*len(goodMessage) - 1)}, both, goodMessage,
-			552, smtp.EnhancedCode{5, 3, 4}, pec.CodeSizeLimit, "exceeds the limit", false},
+			552, smtp.EnhancedCode{5, 3, 4}, pec.CodeSizeLimit, "recipients exceeds the limit of", false},
 		{"too-many-recipients", pec.Limits{MaxRecipients: 1}, both, goodMessage,
-			550, smtp.EnhancedCode{5, 5, 3}, pec.CodeTooManyRecipients, "recipients exceed", false},
+			550, smtp.EnhancedCode{5, 5, 3}, pec.CodeTooManyRecipients, "2 recipients exceed the limit of 1 per message", false},
 		{"bare-lf", pec.Limits{}, both, withHeader("Subject: prova\r\n", "Subject: prova\n"),
-			550, smtp.EnhancedCode{5, 6, 0}, pec.CodeBareLF, "LF", true},
+			550, smtp.EnhancedCode{5, 6, 0}, pec.CodeBareLF, "the sending program must end every line with CRLF", true},
 		{"header-without-colon", pec.Limits{}, both, withHeader("Subject: prova\r\n", "Subject prova\r\n"),
-			550, smtp.EnhancedCode{5, 6, 0}, pec.CodeHeaderSyntax, "RFC 5322", false},
+			550, smtp.EnhancedCode{5, 6, 0}, pec.CodeHeaderSyntax, "malformed header at line", false},
 	} {
 		for _, implicit := range []bool{false, true} {
 			name := c.name + "/starttls"
@@ -155,7 +155,7 @@ func TestNonAcceptanceCauses(t *testing.T) {
 						}()
 					}
 				}
-				if code != c.code || enh != c.enh || !strings.Contains(msg, c.mentions) || !strings.Contains(msg, "non-acceptance notice") {
+				if code != c.code || enh != c.enh || !strings.Contains(msg, c.mentions) || !strings.Contains(msg, "Messaggio non accettato: ") {
 					t.Errorf("reply %d %v %q, want %d %v naming %q", code, enh, msg, c.code, c.enh, c.mentions)
 				}
 				assertOneNotice(t, ts.fixture, c.vcode)

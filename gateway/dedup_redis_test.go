@@ -79,7 +79,7 @@ func TestRedisDownTempfails(t *testing.T) {
 	if !errors.Is(err, dedup.ErrUnavailable) {
 		t.Fatalf("err = %v, want ErrUnavailable", err)
 	}
-	if rep := InternalReply(err); rep.Code != 451 {
+	if rep := InternalReply("", err); rep.Code != 451 {
 		t.Errorf("reply %+v", rep)
 	}
 	if len(f.out.got)+len(f.box.got) != 0 {

@@ -66,7 +66,7 @@ func TestRetryGetsTheOriginalID(t *testing.T) {
 			t.Errorf("%s record dedup %+v, dedup_key %q", r.Type, r.Dedup, r.DedupKey)
 		}
 	}
-	if r := AcceptedReply(again); r.Code != 250 || !strings.Contains(r.Message, first.ID) {
+	if r := AcceptedReply("", again); r.Code != 250 || !strings.HasPrefix(r.Message, first.ID+" Messaggio gia' accettato") {
 		t.Errorf("reply %+v", r)
 	}
 
@@ -96,7 +96,7 @@ func TestInFlightTwinGets451(t *testing.T) {
 	if !errors.Is(err, ErrInFlight) {
 		t.Fatalf("err = %v, want ErrInFlight", err)
 	}
-	if r := InternalReply(err); r.Code != 451 || !strings.Contains(r.Message, "being processed") {
+	if r := InternalReply("", err); r.Code != 451 || !strings.Contains(r.Message, "ancora in lavorazione") || !strings.Contains(r.Message, "being processed") {
 		t.Errorf("reply %+v", r)
 	}
 	if len(f.out.got)+len(f.box.got) != 0 {

@@ -219,7 +219,7 @@ func TestSmuggling(t *testing.T) {
 			ts := newTestServer(t)
 			rc := newRawAuthed(t, ts, true)
 			r := rc.transaction(t, mario, []string{"anna@pec.altro.it", "luca@example.com"}, body+sep+smuggled)
-			if r.code != 550 || r.enh != (smtp.EnhancedCode{5, 6, 0}) || !strings.Contains(r.text, "non-acceptance notice") {
+			if r.code != 550 || r.enh != (smtp.EnhancedCode{5, 6, 0}) || !strings.Contains(r.text, " ends in a bare LF: the sending program must end every line with CRLF") {
 				t.Errorf("reply to the end of data %v", r)
 			}
 			rc.alive(t)

@@ -53,9 +53,9 @@ func (b captureBackend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 // captured connection; the fuzzed Sessions are separate.
 type idleSession struct{}
 
-func (idleSession) Mail(string, *smtp.MailOptions) error { return errAuthRequired }
-func (idleSession) Rcpt(string, *smtp.RcptOptions) error { return errAuthRequired }
-func (idleSession) Data(io.Reader) error                 { return errAuthRequired }
+func (idleSession) Mail(string, *smtp.MailOptions) error { return smtp.ErrAuthRequired }
+func (idleSession) Rcpt(string, *smtp.RcptOptions) error { return smtp.ErrAuthRequired }
+func (idleSession) Data(io.Reader) error                 { return smtp.ErrAuthRequired }
 func (idleSession) Reset()                               {}
 func (idleSession) Logout() error                        { return nil }
 
@@ -234,13 +234,13 @@ func FuzzSession(f *testing.F) {
 				case se == nil:
 					t.Fatal("Data returned nil: the client would get a reply without the PEC identifier")
 				case se.Code == 250:
-					if dOut != 1 || dBox != 1 || !strings.Contains(se.Message, "PEC id") {
+					if dOut != 1 || dBox != 1 || !strings.Contains(se.Message, "Accepted as certified mail") {
 						t.Fatalf("accepted (%q) with %d envelopes and %d receipts", se.Message, dOut, dBox)
 					}
 					wantEnvelopes++
 					wantBox++
 					wantRecords += 3
-				case strings.Contains(se.Message, "non-acceptance notice"):
+				case strings.Contains(se.Message, "Not accepted: "):
 					if se.Code/100 != 5 || dOut != 0 || dBox != 1 {
 						t.Fatalf("refused (%d %q) with %d envelopes and %d notices", se.Code, se.Message, dOut, dBox)
 					}

@@ -4,8 +4,6 @@ import (
 	"io"
 	"net"
 	"time"
-
-	"github.com/emersion/go-smtp"
 )
 
 // The pace of DATA. The connection limits are the Listener's
@@ -14,10 +12,6 @@ import (
 // dataChunk is the most DATA read before the read deadline moves: a live
 // upload must send this much within each CommandTimeout.
 const dataChunk = 4096
-
-// RFC 3463 §3.5: X.4.2 bad connection — the upload stalled or took longer
-// than allowed; nothing was certified, the client may retry.
-var errDataStalled = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "connection problem while reading the message, please retry"}
 
 // pacedReader reads DATA: each Read that returns bytes moves the read
 // deadline of the connection to CommandTimeout from now, never past the

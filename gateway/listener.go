@@ -33,6 +33,8 @@ type ConnLimits struct {
 	PerNetwork     int
 	PreAuthTimeout time.Duration // each TLS handshake, read and write before AUTH
 	LoginTimeout   time.Duration // from accept to a successful AUTH
+	// Language is that of the 421 a refused connection gets (reply.go).
+	Language Language
 }
 
 // Defaults of the pre-AUTH deadlines when ConnLimits leaves them zero.
@@ -110,26 +112,36 @@ func clientAddr(c net.Conn) netip.Addr {
 	return netip.Addr{}
 }
 
-// admit takes a slot for a connection from a; "" when it may come in,
-// else the reason of the refusal.
-func (g *ConnGate) admit(a netip.Addr) string {
+// refusal is why a connection is refused: the reply's key (reply.go) and
+// its arguments, and the reason for the operator's log.
+type refusal struct {
+	key    string
+	args   []string
+	reason string
+}
+
+// admit takes a slot for a connection from a; nil when it may come in,
+// else the refusal.
+func (g *ConnGate) admit(a netip.Addr) *refusal {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.lim.Total > 0 && g.total >= g.lim.Total {
-		return "too many connections"
+		return &refusal{key: "connections", reason: "too many connections"}
 	}
 	if a.IsValid() {
 		if g.lim.PerAddress > 0 && g.byAddr[a] >= g.lim.PerAddress {
-			return fmt.Sprintf("too many connections from your address %s", a)
+			return &refusal{key: "connections-address", args: []string{"ip", a.String()},
+				reason: fmt.Sprintf("too many connections from your address %s", a)}
 		}
 		if n := Network(a); g.lim.PerNetwork > 0 && g.byNet[n] >= g.lim.PerNetwork {
-			return fmt.Sprintf("too many connections from your network %s", n)
+			return &refusal{key: "connections-network", args: []string{"network", n.String()},
+				reason: fmt.Sprintf("too many connections from your network %s", n)}
 		}
 		g.byAddr[a]++
 		g.byNet[Network(a)]++
 	}
 	g.total++
-	return ""
+	return nil
 }
 
 func (g *ConnGate) release(a netip.Addr) {
@@ -161,8 +173,9 @@ func (g *ConnGate) Open() int {
 // like the write. The writing runs aside so Accept goes on; when
 // maxRefusing refusals are under way already, the connection is closed
 // without a word.
-func (g *ConnGate) refuse(c net.Conn, tlsConf *tls.Config, reason string) {
-	g.noteRefusal(c, reason)
+func (g *ConnGate) refuse(c net.Conn, tlsConf *tls.Config, why *refusal) {
+	g.noteRefusal(c, why.reason)
+	r := g.lim.Language.reply(why.key, g.hostname, why.args...)
 	select {
 	case g.refusing <- struct{}{}:
 	default:
@@ -182,7 +195,7 @@ func (g *ConnGate) refuse(c net.Conn, tlsConf *tls.Config, reason string) {
 			defer tc.Close()
 			w = tc
 		}
-		fmt.Fprintf(w, "421 4.7.0 %s %s, try again later\r\n", g.hostname, reason)
+		fmt.Fprintf(w, "%d %d.%d.%d %s\r\n", r.Code, r.EnhancedCode[0], r.EnhancedCode[1], r.EnhancedCode[2], r.Message)
 	}()
 }
 
@@ -232,8 +245,8 @@ func (l *Listener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		a := clientAddr(c)
-		if reason := l.gate.admit(a); reason != "" {
-			l.gate.refuse(c, l.tls, reason)
+		if why := l.gate.admit(a); why != nil {
+			l.gate.refuse(c, l.tls, why)
 			continue
 		}
 		now := time.Now()

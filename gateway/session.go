@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -50,6 +51,10 @@ type Backend struct {
 	// vocabulary in events.go, never a password or an AUTH payload. nil
 	// logs nothing.
 	Log *zap.Logger
+
+	// Language is the language of the replies' texts
+	// (submission.reply_language, reply.go); "" is Italian then English.
+	Language Language
 }
 
 // NewSession starts the session of a new connection: go-smtp calls it at
@@ -72,20 +77,11 @@ type Session struct {
 	rcpt []string
 }
 
-// Replies of the session (RFC 4954 §6; RFC 3463).
-var (
-	errAuthRequired = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "authentication required"}
-	errAuthFailed   = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "authentication credentials invalid"}
-	errNeedTLS      = &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11}, Message: "encryption required for requested authentication mechanism"}
-	errLineTooLong  = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
-		Message: fmt.Sprintf("a line of the message is longer than %d octets: RFC 5322 section 2.1.1 allows 998", MaxLineLength)}
-	errTooBig = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "message size exceeds the limit"}
-	// RFC 3463 4.3.1: the mail system is full; nothing was certified.
-	errNoStorage = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "insufficient system storage for the message, please retry later"}
-	// The transaction timeout passed while the message waited for its
-	// share of limits.message_memory: nothing was certified.
-	errBusy = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "too many large messages are being processed right now, please retry later"}
-)
+// reply is the reply key of the table (reply.go) in the session's
+// language; args are pairs of placeholder and value.
+func (s *Session) reply(key string, args ...string) *smtp.SMTPError {
+	return s.b.Language.reply(key, "", args...)
+}
 
 func (s *Session) tlsState() (tls.ConnectionState, bool) {
 	return s.conn.TLSConnectionState()
@@ -105,10 +101,10 @@ func (s *Session) AuthMechanisms() []string {
 // server for it).
 func (s *Session) Auth(mech string) (sasl.Server, error) {
 	if _, ok := s.tlsState(); !ok {
-		return nil, errNeedTLS
+		return nil, s.reply("auth-need-tls")
 	}
 	if s.user != "" {
-		return nil, &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "already authenticated"}
+		return nil, s.reply("auth-twice")
 	}
 	check := func(username, password string) error {
 		if err := s.authenticate(username, password, false); err != nil {
@@ -119,21 +115,39 @@ func (s *Session) Auth(mech string) (sasl.Server, error) {
 	}
 	switch strings.ToUpper(mech) {
 	case sasl.Plain:
-		return sasl.NewPlainServer(func(identity, username, password string) error {
+		return replying{sasl.NewPlainServer(func(identity, username, password string) error {
 			// RFC 4616 §2: an authorization identity other than the
 			// authentication identity would be acting for someone else.
 			if identity != "" && !strings.EqualFold(identity, username) {
 				if err := s.authenticate(username, password, true); err != nil {
 					return err
 				}
-				return errAuthFailed
+				return s.reply("auth-failed")
 			}
 			return check(username, password)
-		}), nil
+		}), s.b.Language}, nil
 	case "LOGIN":
-		return &loginServer{check: check}, nil
+		return replying{&loginServer{check: check}, s.b.Language}, nil
 	}
-	return nil, &smtp.SMTPError{Code: 504, EnhancedCode: smtp.EnhancedCode{5, 5, 4}, Message: "unrecognized authentication mechanism"}
+	return nil, s.reply("auth-mechanism")
+}
+
+// replying makes every error of a SASL exchange a reply of the table:
+// go-smtp writes any other error as "454 4.7.0" and its text, and
+// go-sasl's texts (a malformed PLAIN response) are English protocol
+// talk. A malformed response is a syntax error, 501 5.5.2 (RFC 4954 §4).
+type replying struct {
+	sasl.Server
+	l Language
+}
+
+func (r replying) Next(response []byte) ([]byte, bool, error) {
+	challenge, done, err := r.Server.Next(response)
+	var se *smtp.SMTPError
+	if err != nil && !errors.As(err, &se) {
+		err = r.l.reply("auth-malformed", "")
+	}
+	return challenge, done, err
 }
 
 // authenticate checks a password with the Backend's Guard (auth.go);
@@ -150,25 +164,18 @@ func (s *Session) authenticate(username, password string, forbid bool) error {
 		markAuthenticated(s.conn.Conn())
 		return nil
 	case AuthLocked:
-		return lockedReply(strings.ToLower(username), s.ip, ans)
+		return lockedReply(s.b.Language, strings.ToLower(username), s.ip, ans)
 	case AuthBusy:
-		return errAuthBusy
+		return s.reply("auth-busy")
 	case AuthUnavailable:
-		return errAuthUnavailable
+		return s.reply("auth-unavailable")
 	}
-	return errAuthFailed
+	return s.reply("auth-failed")
 }
 
 // authVerifyTimeout bounds one verification once it has its slot (a
 // Dovecot that stopped answering).
 const authVerifyTimeout = 10 * time.Second
-
-// Replies of AUTH beyond success and 535 (RFC 4954 §6: 454 4.7.0
-// temporary authentication failure).
-var (
-	errAuthBusy        = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "too many logins are being checked right now, please try again in a moment"}
-	errAuthUnavailable = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "the accounts cannot be checked right now, please try again later"}
-)
 
 // lockedReply says who is locked out and until when. 454 4.7.0, not
 // 535 5.7.8: the lockout is temporary and says nothing of the password
@@ -177,16 +184,17 @@ var (
 // 454 is shown as a temporary failure and retried later. The reply is
 // the same whether the account exists or not (it is about the attempts,
 // not the account), so it tells a guesser nothing of which exist.
-func lockedReply(user, ip string, a AuthAnswer) *smtp.SMTPError {
+func lockedReply(l Language, user, ip string, a AuthAnswer) *smtp.SMTPError {
 	until := a.Until.UTC().Format("15:04 MST")
-	msg := fmt.Sprintf("too many failed logins for %s from %s: logins for it from there are refused until %s, whatever the password", user, ip, until)
-	if CheckAddress(user) != nil {
-		msg = fmt.Sprintf("too many failed logins from %s: logins for this account from there are refused until %s, whatever the password", ip, until)
+	switch {
+	case a.AddressLocked:
+		return l.reply("auth-locked-address", "", "ip", ip, "until", until)
+	case CheckAddress(user) != nil:
+		// Not an address: not echoed (it may be a password typed in
+		// the wrong field).
+		return l.reply("auth-locked-name", "", "ip", ip, "until", until)
 	}
-	if a.AddressLocked {
-		msg = fmt.Sprintf("too many failed logins from %s: logins from there are refused until %s, whatever the account", ip, until)
-	}
-	return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: msg}
+	return l.reply("auth-locked", "", "user", user, "ip", ip, "until", until)
 }
 
 // clientInfo is what the Guard and its Verifier (Dovecot: rip, lip,
@@ -237,18 +245,17 @@ func (l *loginServer) Next(response []byte) (challenge []byte, done bool, err er
 // the authenticated user's own mailbox; pecgw is never an open relay.
 func (s *Session) Mail(from string, opts *smtp.MailOptions) error {
 	if s.user == "" {
-		return errAuthRequired
+		return s.reply("auth-required")
 	}
 	if !strings.EqualFold(from, s.user) {
-		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-			Message: "sender address must be your own mailbox " + oneLine(s.user)}
+		return s.reply("sender-not-own", "user", s.user)
 	}
 	if sp, ok := s.b.Accounts.Suspended(s.user); ok {
 		s.b.logger().Info("submission refused: account suspended", evSuspended, zap.String("ip", s.ip), zap.String("user", s.user))
-		return suspendedReply(sp)
+		return suspendedReply(s.b.Language, sp)
 	}
 	if opts != nil && opts.Size > 0 && s.b.MaxMessageBytes > 0 && opts.Size > s.b.MaxMessageBytes {
-		return errTooBig
+		return s.tooBig()
 	}
 	s.from = from
 	s.utf8 = opts != nil && opts.UTF8
@@ -261,21 +268,26 @@ func (s *Session) Mail(from string, opts *smtp.MailOptions) error {
 // permanent until the provider lifts the suspension, with the date and
 // the provider's reason. Nothing is certified, so nothing is logged in
 // the transaction log: the account's earlier records stay as they are.
-func suspendedReply(sp Suspension) *smtp.SMTPError {
-	msg := fmt.Sprintf("mailbox %s is suspended since %s: it cannot send certified mail", sp.Address, sp.Since.UTC().Format("2006-01-02"))
+func suspendedReply(l Language, sp Suspension) *smtp.SMTPError {
+	reason := ""
 	if sp.Reason != "" {
-		msg += " (" + oneLine(sp.Reason) + ")"
+		reason = " (" + shorten(asciiLine(sp.Reason), maxArg-3) + ")"
 	}
-	return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: msg}
+	return l.reply("suspended", "", "address", sp.Address, "since", sp.Since.UTC().Format("2006-01-02"), "reason", reason)
+}
+
+// tooBig refuses a message over limits.max_message_bytes (RFC 1870 §6).
+func (s *Session) tooBig() *smtp.SMTPError {
+	return s.reply("too-big", "max", strconv.FormatInt(s.b.MaxMessageBytes, 10))
 }
 
 // Rcpt adds a forward-path.
 func (s *Session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if s.user == "" {
-		return errAuthRequired
+		return s.reply("auth-required")
 	}
 	if s.from == "" {
-		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "MAIL first"}
+		return s.reply("mail-first")
 	}
 	s.rcpt = append(s.rcpt, to)
 	return nil
@@ -286,7 +298,7 @@ func (s *Session) Rcpt(to string, _ *smtp.RcptOptions) error {
 // temporary failure.
 func (s *Session) Data(r io.Reader) error {
 	if s.user == "" {
-		return errAuthRequired
+		return s.reply("auth-required")
 	}
 	r = newPacedReader(r, s.conn.Conn(), s.b.CommandTimeout, s.b.DataTimeout, time.Now)
 	var msg *body
@@ -299,21 +311,21 @@ func (s *Session) Data(r io.Reader) error {
 	if err != nil {
 		if errors.Is(err, errNoSpool) {
 			s.b.logger().Error("message not stored while read", evError, zap.String("user", s.user), zap.Error(err))
-			return errNoStorage
+			return s.reply("no-storage")
 		}
 		if errors.Is(err, smtp.ErrDataTooLarge) {
-			return errTooBig
+			return s.tooBig()
 		}
 		if errors.Is(err, smtp.ErrTooLongLine) {
 			// The message never arrived whole, so no notice can be
 			// built; the refusal is permanent so the client does not
 			// resend it (lines up to MaxLineLength reach Inspect and get
 			// the line-too-long notice).
-			return errLineTooLong
+			return s.reply("line-too-long-smtp", "limit", strconv.Itoa(MaxLineLength))
 		}
 		// A stalled or endless upload, or a broken connection: nothing
 		// was certified.
-		return errDataStalled
+		return s.reply("data-stalled")
 	}
 	defer msg.close()
 	ctx := context.Background()
@@ -328,14 +340,14 @@ func (s *Session) Data(r io.Reader) error {
 		release, err := s.b.Memory.reserve(ctx, msg.size)
 		if err != nil {
 			s.b.logger().Warn("message waited for memory until the transaction timeout", evError, zap.String("user", s.user), zap.Int64("size", msg.size))
-			return errBusy
+			return s.reply("busy-memory")
 		}
 		defer release()
 	}
 	raw, err := msg.bytes()
 	if err != nil {
 		s.b.logger().Error("message not read back", evError, zap.String("user", s.user), zap.Error(err))
-		return errNoStorage
+		return s.reply("no-storage")
 	}
 	msg.close()
 	sub := &Submission{
@@ -360,27 +372,27 @@ func (s *Session) Data(r io.Reader) error {
 		} else {
 			log.Info("retry while its twin is in flight", evInFlight)
 		}
-		return InternalReply(err)
+		return InternalReply(s.b.Language, err)
 	case err != nil:
 		// The detail goes to the operator, never to the client.
 		log.Error("transaction failed", evError, zap.Error(err))
-		return InternalReply(err)
+		return InternalReply(s.b.Language, err)
 	case o.Duplicate:
 		log.Info("duplicate submission answered with its PEC id", evDuplicate, zap.String("pec_id", o.ID))
-		return AcceptedReply(o)
+		return AcceptedReply(s.b.Language, o)
 	case o.Accepted:
 		if o.DedupSkipped {
 			log.Warn("accepted without deduplication: the store was unavailable", evDedup, zap.String("pec_id", o.ID))
 		}
 		log.Info("accepted", evAccepted, zap.String("pec_id", o.ID))
-		return AcceptedReply(o)
+		return AcceptedReply(s.b.Language, o)
 	default:
 		codes := make([]string, len(o.Violations))
 		for i, v := range o.Violations {
 			codes[i] = v.Code
 		}
 		log.Info("refused", evRefused, zap.String("pec_id", o.ID), zap.String("notice", o.NoticeID), zap.Strings("violations", codes))
-		return RefusedReply(o)
+		return RefusedReply(s.b.Language, o)
 	}
 }
 

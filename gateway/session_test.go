@@ -187,7 +187,7 @@ func TestSubmitOverBothListeners(t *testing.T) {
 			if err != nil {
 				t.Fatalf("DATA: %v", err)
 			}
-			if !strings.Contains(resp.StatusText, "PEC id ") || !strings.Contains(resp.StatusText, "@pec.example.it") {
+			if id := ReplyPECID(resp.StatusText); !strings.HasSuffix(id, "@pec.example.it") || !strings.HasSuffix(resp.StatusText, id+" Messaggio accettato come posta certificata / Accepted as certified mail") {
 				t.Errorf("reply %q", resp.StatusText)
 			}
 			if len(ts.out.got) != before+1 {
@@ -245,7 +245,7 @@ func TestSessionRefusals(t *testing.T) {
 	bcc := strings.Replace(goodMessage, "Subject: prova\r\n", "Subject: prova\r\nBcc: spy@example.com\r\n", 1)
 	err = sendMail(c, "mario@pec.example.it", []string{"anna@pec.altro.it", "luca@example.com"}, bcc)
 	code, enh, msg := smtpCode(err)
-	if code != 550 || enh != (smtp.EnhancedCode{5, 7, 1}) || !strings.Contains(msg, "Bcc") || !strings.Contains(msg, "non-acceptance notice") {
+	if code != 550 || enh != (smtp.EnhancedCode{5, 7, 1}) || !strings.Contains(msg, "Bcc") || !strings.Contains(msg, "Messaggio non accettato: ") {
 		t.Errorf("Bcc: %d %v %q", code, enh, msg)
 	}
 	if len(ts.box.got) != 1 || len(ts.out.got) != 0 {

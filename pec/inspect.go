@@ -7,6 +7,7 @@ import (
 	"mime"
 	"net/mail"
 	"slices"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -53,12 +54,31 @@ const (
 	CodeTooManyRecipients = "too-many-recipients"
 )
 
+// Codes returns every violation code Inspect can report, in the order of
+// the checks.
+func Codes() []string {
+	return []string{
+		CodeEmptyMessage, CodeBareLF, CodeBareCR, CodeLineTooLong, CodeHeaderSyntax, CodeHeader8bit,
+		CodeMissingDate, CodeInvalidDate, CodeDuplicateField,
+		CodeMissingFrom, CodeInvalidFrom, CodeMultipleFrom,
+		CodeMissingTo, CodeInvalidTo, CodeInvalidCc, CodeInvalidReplyTo, CodeBccHeader,
+		CodeNoRecipients, CodeTooManyRecipients, CodeSizeLimit,
+		CodeSenderMismatch, CodeHiddenBcc, CodeRecipientMismatch,
+	}
+}
+
 // maxLineLen is the longest line RFC 5322 §2.1.1 allows, excluding CRLF.
 const maxLineLen = 998
 
-// maxNamed bounds the addresses named in one violation's English text, so a
-// reply line stays short however many recipients are wrong.
-const maxNamed = 3
+// maxNamed bounds the addresses named in one violation's English text, so
+// a log line stays short however many recipients are wrong; the notice's
+// Italian text names up to maxNamedNotice (RFC 6109 §3.1.2: the notice
+// says why the message was refused, and whom it was refused for is the
+// first thing its sender needs to know).
+const (
+	maxNamed       = 3
+	maxNamedNotice = 20
+)
 
 // Header fields Inspect looks at. The ones before hTipoRicevuta may appear
 // at most once (RFC 5322 §3.6, the table of field counts).
@@ -100,10 +120,10 @@ func fieldIndex(name []byte) int {
 }
 
 // keepsValue says whether Inspect needs the value of field i; the others are
-// only counted (Bcc is only checked for blankness).
+// only counted (the first Bcc is kept to name its addresses in the notice).
 func keepsValue(i int) bool {
 	switch i {
-	case hSender, hBcc, hInReplyTo, hReferences:
+	case hSender, hInReplyTo, hReferences:
 		return false
 	}
 	return i >= 0
@@ -146,8 +166,16 @@ func Inspect(raw []byte, env SMTPEnvelope, lim Limits) (*Submission, []Violation
 		Recipients:  slices.Clone(env.To),
 	}
 	var vs []Violation
-	add := func(code, italian, english string) {
-		vs = append(vs, Violation{Code: code, Italian: italian, English: english})
+	// args: pairs of name and value, the details of the SMTP reply texts.
+	add := func(code, italian, english string, args ...string) {
+		v := Violation{Code: code, Italian: italian, English: english}
+		if len(args) > 0 {
+			v.Args = map[string]string{}
+			for i := 0; i+1 < len(args); i += 2 {
+				v.Args[args[i]] = args[i+1]
+			}
+		}
+		vs = append(vs, v)
 	}
 
 	h := scan(raw, env.UTF8)
@@ -167,38 +195,45 @@ func Inspect(raw []byte, env SMTPEnvelope, lim Limits) (*Submission, []Violation
 	if h.bareLF > 0 {
 		add(CodeBareLF,
 			fmt.Sprintf("una riga non terminata da CRLF (riga %d)", h.bareLF),
-			fmt.Sprintf("line %d ends in a bare LF: every line must end in CRLF (RFC 5322 §2.1, §2.3)", h.bareLF))
+			fmt.Sprintf("line %d ends in a bare LF: every line must end in CRLF (RFC 5322 §2.1, §2.3; RFC 5321 §2.3.8)", h.bareLF),
+			"line", itoa(h.bareLF))
 	}
 	if h.bareCR > 0 {
 		add(CodeBareCR,
 			fmt.Sprintf("un carattere CR isolato (riga %d)", h.bareCR),
-			fmt.Sprintf("line %d holds a bare CR: CR may only appear in CRLF (RFC 5322 §2.3)", h.bareCR))
+			fmt.Sprintf("line %d holds a bare CR: CR may only appear in CRLF (RFC 5322 §2.3)", h.bareCR),
+			"line", itoa(h.bareCR))
 	}
 	if h.longLine > 0 {
 		add(CodeLineTooLong,
 			fmt.Sprintf("una riga più lunga di %d caratteri (riga %d)", maxLineLen, h.longLine),
-			fmt.Sprintf("line %d is %d octets long: at most %d are allowed before CRLF (RFC 5322 §2.1.1)", h.longLine, h.longLen, maxLineLen))
+			fmt.Sprintf("line %d is %d octets long: at most %d are allowed before CRLF (RFC 5322 §2.1.1)", h.longLine, h.longLen, maxLineLen),
+			"line", itoa(h.longLine), "length", itoa(h.longLen))
 	}
 	if h.badSyntax > 0 {
 		if h.badSyntaxFirst {
 			add(CodeHeaderSyntax,
 				fmt.Sprintf("un'intestazione malformata (riga %d)", h.badSyntax),
-				fmt.Sprintf("line %d continues a header field that does not exist (RFC 5322 §2.2.3)", h.badSyntax))
+				fmt.Sprintf("line %d continues a header field that does not exist (RFC 5322 §2.2.3)", h.badSyntax),
+				"line", itoa(h.badSyntax))
 		} else {
 			add(CodeHeaderSyntax,
 				fmt.Sprintf("un'intestazione malformata (riga %d)", h.badSyntax),
-				fmt.Sprintf("line %d is not a header field \"name: value\" nor a continuation starting with white space (RFC 5322 §2.2)", h.badSyntax))
+				fmt.Sprintf("line %d is not a header field \"name: value\" nor a continuation starting with white space (RFC 5322 §2.2)", h.badSyntax),
+				"line", itoa(h.badSyntax))
 		}
 	}
 	if h.bad8bit > 0 {
 		if env.UTF8 {
 			add(CodeHeader8bit,
 				fmt.Sprintf("caratteri UTF-8 non validi nelle intestazioni (riga %d)", h.bad8bit),
-				fmt.Sprintf("line %d of the header is not valid UTF-8 (RFC 6532 §3.2)", h.bad8bit))
+				fmt.Sprintf("line %d of the header is not valid UTF-8 (RFC 6532 §3.2)", h.bad8bit),
+				"line", itoa(h.bad8bit))
 		} else {
 			add(CodeHeader8bit,
 				fmt.Sprintf("caratteri non ASCII nelle intestazioni senza SMTPUTF8 (riga %d)", h.bad8bit),
-				fmt.Sprintf("line %d of the header holds non-ASCII octets: they need SMTPUTF8 (RFC 5322 §2.2, RFC 6532 §3.2)", h.bad8bit))
+				fmt.Sprintf("line %d of the header holds non-ASCII octets: they need SMTPUTF8 (RFC 5322 §2.2, RFC 6532 §3.2)", h.bad8bit),
+				"line", itoa(h.bad8bit))
 		}
 	}
 	if h.count[hDate] == 0 {
@@ -215,7 +250,8 @@ func Inspect(raw []byte, env SMTPEnvelope, lim Limits) (*Submission, []Violation
 		if h.count[i] > 1 {
 			add(CodeDuplicateField,
 				fmt.Sprintf("presenza ripetuta del campo %s", fieldName(i)),
-				fmt.Sprintf("field %s appears %d times: it is allowed only once (RFC 5322 §3.6)", fieldName(i), h.count[i]))
+				fmt.Sprintf("field %s appears %d times: it is allowed only once (RFC 5322 §3.6)", fieldName(i), h.count[i]),
+				"field", fieldName(i), "count", itoa(h.count[i]))
 		}
 	}
 
@@ -293,10 +329,14 @@ func Inspect(raw []byte, env SMTPEnvelope, lim Limits) (*Submission, []Violation
 
 	// RFC 6109 §2.1, §3.1.1: Bcc must not contain any value. RFC 5322
 	// §3.6.3 allows an empty Bcc, and an empty one carries no hidden
-	// recipient, so by the letter of the rule it is tolerated.
+	// recipient, so by the letter of the rule it is tolerated. The notice
+	// names the addresses of the (first) field: they are the sender's own.
 	if h.bcc {
-		add(CodeBccHeader,
-			"presenza di destinatari nel campo Bcc, non ammessi",
+		it := "presenza di destinatari nel campo Bcc, non ammessi nella PEC"
+		if bcc, _ := p.addressList(h.values[hBcc]); len(bcc) > 0 {
+			it += ": " + nameForNotice(bcc)
+		}
+		add(CodeBccHeader, it,
 			"Bcc field with a value: hidden recipients are not allowed (RFC 6109 §2.1, §3.1.1)")
 	}
 
@@ -326,7 +366,7 @@ func Inspect(raw []byte, env SMTPEnvelope, lim Limits) (*Submission, []Violation
 // Cc could not be read reliably (unparseable, repeated, or no message at
 // all), and then the comparison of recipients is skipped: it would
 // only repeat invalid-to, invalid-cc or duplicate-field with wrong names.
-func envelopeChecks(sub *Submission, env SMTPEnvelope, lim Limits, listsOK bool, add func(code, italian, english string)) {
+func envelopeChecks(sub *Submission, env SMTPEnvelope, lim Limits, listsOK bool, add func(code, italian, english string, args ...string)) {
 	n := len(env.To)
 	if n == 0 {
 		add(CodeNoRecipients,
@@ -337,11 +377,25 @@ func envelopeChecks(sub *Submission, env SMTPEnvelope, lim Limits, listsOK bool,
 	if maxRcpt <= 0 {
 		maxRcpt = DefaultMaxRecipients
 	}
-	if n > maxRcpt {
+	// The recipients are counted in the envelope and in To ∪ Cc: the SMTP
+	// server answers the RCPT TO beyond the limit with 452 4.5.3 (RFC 5321
+	// §4.5.3.1.10; the limit it announces as LIMITS RCPTMAX, RFC 9422), so
+	// a client that goes on to DATA hands over at most maxRcpt
+	// forward-paths, and the header is what still says how many
+	// recipients the message has. headerOver: that is why forward-paths
+	// are missing, and the refusal says so rather than recipient-mismatch.
+	count, headerOver := n, false
+	if listsOK {
+		if h := distinct(sub.To, sub.Cc); h > maxRcpt && h > n {
+			count, headerOver = h, true
+		}
+	}
+	if count > maxRcpt {
 		// Provider policy; RFC 5321 §4.5.3.1.8 requires at least 100.
 		add(CodeTooManyRecipients,
-			fmt.Sprintf("un numero di destinatari (%d) superiore al massimo consentito (%d)", n, maxRcpt),
-			fmt.Sprintf("%d recipients exceed the provider limit of %d per message (RFC 5321 §4.5.3.1.8)", n, maxRcpt))
+			fmt.Sprintf("un numero di destinatari (%d) superiore al massimo consentito (%d)", count, maxRcpt),
+			fmt.Sprintf("%d recipients exceed the provider limit of %d per message (RFC 5321 §4.5.3.1.8)", count, maxRcpt),
+			"n", itoa(count), "max", itoa(maxRcpt))
 	}
 	maxSize := lim.MaxSizeTimesRecipients
 	if maxSize <= 0 {
@@ -353,7 +407,8 @@ func envelopeChecks(sub *Submission, env SMTPEnvelope, lim Limits, listsOK bool,
 	if size := int64(len(sub.Raw)); n > 0 && size > maxSize/int64(n) {
 		add(CodeSizeLimit,
 			fmt.Sprintf("una dimensione del messaggio moltiplicata per il numero di destinatari oltre il limite consentito (%d byte)", maxSize),
-			fmt.Sprintf("message size %d octets × %d recipients exceeds the limit of %d (RFC 6109 §3.1.1)", size, n, maxSize))
+			fmt.Sprintf("message size %d octets x %d recipients exceeds the limit of %d (RFC 6109 §3.1.1)", size, n, maxSize),
+			"size", fmt.Sprint(size), "n", itoa(n), "max", fmt.Sprint(maxSize))
 	}
 
 	// RFC 6109 §3.1.1: the reverse-path must coincide with the From
@@ -392,8 +447,15 @@ func envelopeChecks(sub *Submission, env SMTPEnvelope, lim Limits, listsOK bool,
 		rcpt[k] = true
 	}
 	if len(hidden) > 0 {
+		// The notice names them (its text and daticert <errore-esteso>):
+		// daticert <destinatari> lists To ∪ Cc only (RFC 6109 §4.4), and
+		// these are exactly the recipients that are not there.
+		it := "presenza di un destinatario nascosto (Bcc), non ammesso nella PEC: "
+		if len(hidden) > 1 {
+			it = "presenza di destinatari nascosti (Bcc), non ammessi nella PEC: "
+		}
 		add(CodeHiddenBcc,
-			"presenza di destinatari nascosti (Bcc) non ammessi",
+			it+nameForNotice(hidden)+" (in RCPT TO ma non in To o Cc)",
 			fmt.Sprintf("hidden Bcc %s %s: every RCPT TO must appear in To or Cc (RFC 6109 §3.1.1)", plural(len(hidden), "recipient", "recipients"), nameSome(hidden)))
 	}
 	// RFC 6109 §3.1.1 says the forward-paths must "coincide" with To and
@@ -402,7 +464,7 @@ func envelopeChecks(sub *Submission, env SMTPEnvelope, lim Limits, listsOK bool,
 	// certified recipients (RFC 6109 §4.4) and an address there without a
 	// forward-path would be certified as sent without being sent. With no
 	// forward-path at all, no-recipients already says it.
-	if n == 0 {
+	if n == 0 || headerOver {
 		return
 	}
 	var missing []string
@@ -427,6 +489,28 @@ func plural(n int, one, many string) string {
 	}
 	return many
 }
+
+// nameForNotice lists the first maxNamedNotice addresses, in Italian, and
+// counts the rest.
+func nameForNotice(addrs []string) string {
+	if len(addrs) <= maxNamedNotice {
+		return strings.Join(addrs, ", ")
+	}
+	return fmt.Sprintf("%s e altri %d", strings.Join(addrs[:maxNamedNotice], ", "), len(addrs)-maxNamedNotice)
+}
+
+// distinct counts the addresses of the lists, case-insensitively.
+func distinct(lists ...[]string) int {
+	seen := map[string]bool{}
+	for _, l := range lists {
+		for _, a := range l {
+			seen[foldAddr(a)] = true
+		}
+	}
+	return len(seen)
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
 
 // nameSome lists the first maxNamed addresses and counts the rest.
 func nameSome(addrs []string) string {

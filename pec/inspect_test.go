@@ -224,6 +224,11 @@ func TestInspectViolations(t *testing.T) {
 			lim: pec.Limits{MaxRecipients: 2}},
 		{name: "recipients over the limit", raw: submission("To: " + rcpt + ", anna@example.com, eva@example.com"), env: envelope(rcpt, "anna@example.com", "eva@example.com"),
 			lim: pec.Limits{MaxRecipients: 2}, want: []string{pec.CodeTooManyRecipients}},
+		// The SMTP server refused the RCPT TO beyond the limit (452 4.5.3):
+		// the header still says how many recipients there are, and the
+		// missing forward-paths are not a mismatch of their own.
+		{name: "recipients over the limit, RCPT cut at it", raw: submission("To: " + rcpt + ", anna@example.com, eva@example.com"), env: envelope(rcpt, "anna@example.com"),
+			lim: pec.Limits{MaxRecipients: 2}, want: []string{pec.CodeTooManyRecipients}},
 
 		// Several at once: all reported.
 		{name: "several", raw: lf(submission("-Date", "Bcc: x@example.com", "From: a@x.it, b@x.it")),
@@ -279,7 +284,11 @@ func TestInspectTexts(t *testing.T) {
 		{"8-bit", submission("Subject: Città"), envelope(), pec.CodeHeader8bit, "riga 4", "line 4 "},
 		{"duplicate", submission("+subject: x"), envelope(), pec.CodeDuplicateField, "presenza ripetuta del campo Subject", "field Subject appears 2 times"},
 		{"hidden", submission(), envelope(rcpt, "a@x.it", "b@x.it", "c@x.it", "d@x.it"), pec.CodeHiddenBcc,
-			"destinatari nascosti (Bcc)", "hidden Bcc recipients a@x.it, b@x.it, c@x.it and 1 more: every RCPT TO must appear in To or Cc (RFC 6109 §3.1.1)"},
+			"destinatari nascosti (Bcc), non ammessi nella PEC: a@x.it, b@x.it, c@x.it, d@x.it (in RCPT TO ma non in To o Cc)", "hidden Bcc recipients a@x.it, b@x.it, c@x.it and 1 more: every RCPT TO must appear in To or Cc (RFC 6109 §3.1.1)"},
+		{"one hidden", submission(), envelope(rcpt, "bob@pec.altro.it"), pec.CodeHiddenBcc,
+			"presenza di un destinatario nascosto (Bcc), non ammesso nella PEC: bob@pec.altro.it", "hidden Bcc recipient bob@pec.altro.it"},
+		{"Bcc field", submission("Bcc: Bob <bob@pec.altro.it>, eva@example.com"), envelope(), pec.CodeBccHeader,
+			"nel campo Bcc, non ammessi nella PEC: bob@pec.altro.it, eva@example.com", "Bcc field with a value"},
 		{"mismatch", submission("Cc: carlo@pec.altro.it"), envelope(), pec.CodeRecipientMismatch, "RCPT TO", "recipient carlo@pec.altro.it of To/Cc has no RCPT TO"},
 		{"sender", submission(), pec.SMTPEnvelope{From: "x@y.it", To: []string{rcpt}}, pec.CodeSenderMismatch, "From", "reverse-path x@y.it does not coincide with From " + sender},
 	}
@@ -429,6 +438,6 @@ func ExampleInspect() {
 	}
 	// Output:
 	// mario.rossi@pec.example.it [luigi@pec.altro.it] Fattura n° 12
-	// bcc-header: a causa di presenza di destinatari nel campo Bcc, non ammessi
-	// hidden-bcc: a causa di presenza di destinatari nascosti (Bcc) non ammessi
+	// bcc-header: a causa di presenza di destinatari nel campo Bcc, non ammessi nella PEC: anna@example.com
+	// hidden-bcc: a causa di presenza di un destinatario nascosto (Bcc), non ammesso nella PEC: anna@example.com (in RCPT TO ma non in To o Cc)
 }

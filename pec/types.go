@@ -99,13 +99,17 @@ func (s *Submission) Addressees() []string {
 	return out
 }
 
-// Violation is one failed formal check. Code is stable (logs and
-// tests rely on it); Italian completes the notice's sentence
-// "a causa di …"; English is for the SMTP reply.
+// Violation is one failed formal check. Code is stable (logs, tests and
+// the SMTP replies rely on it); Italian completes the notice's sentence
+// "a causa di …" and is its daticert <errore-esteso>; English says the
+// same for logs and tools. Args are the details the SMTP reply texts fill
+// in (gateway, docs/replies.md): "line", "length", "field", "count", "n",
+// "max", "size", by code.
 type Violation struct {
 	Code    string
 	Italian string
 	English string
+	Args    map[string]string
 }
 
 func (v Violation) Error() string { return v.Code + ": " + v.English }

@@ -26,6 +26,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/pecgw/pecgw/delivery"
+	"github.com/pecgw/pecgw/gateway"
 	"github.com/pecgw/pecgw/internal/testtool"
 	"github.com/pecgw/pecgw/logstore"
 )
@@ -180,8 +181,8 @@ func crashSubmit(addr string, implicit bool, tc *tls.Config, user, pwd, rcpt, ra
 		return "", err
 	}
 	c.Quit()
-	_, id, ok := strings.Cut(reply, "PEC id ")
-	if !ok || id == "" || strings.ContainsAny(id, " <>") {
+	id := gateway.ReplyPECID(reply)
+	if id == "" || strings.ContainsAny(id, "<>") {
 		return "", &smtp.SMTPError{Code: 554, Message: "250 without a PEC id: " + reply}
 	}
 	return id, nil

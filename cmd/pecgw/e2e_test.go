@@ -26,6 +26,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"github.com/pecgw/pecgw/gateway"
 	"github.com/pecgw/pecgw/internal/testtool"
 	"github.com/pecgw/pecgw/logstore"
 	"github.com/pecgw/pecgw/pec"
@@ -392,8 +393,8 @@ func TestEndToEndBinary(t *testing.T) {
 			t.Fatalf("%s: submission refused: %v", c.name, err)
 		}
 		cl.Quit()
-		_, id, ok := strings.Cut(reply, "PEC id ")
-		if !ok || id == "" || strings.ContainsAny(id, " <>") || !strings.HasSuffix(id, "@"+domain) {
+		id := gateway.ReplyPECID(reply)
+		if id == "" || strings.ContainsAny(id, "<>") || !strings.HasSuffix(id, "@"+domain) {
 			t.Fatalf("%s: 250 reply %q carries no PEC id", c.name, reply)
 		}
 		ids[id] = c.msgID
@@ -606,9 +607,10 @@ func TestEndToEndBinary(t *testing.T) {
 		t.Fatalf("after the refusal the mailbox holds %d messages, %d of them non-acceptance notices; want 3 and 1", len(box), len(notices))
 	}
 	n := notices[0]
-	noticeID := strings.TrimSuffix(strings.TrimPrefix(n.hdr.Get("Message-ID"), "<"), ">")
-	if noticeID == "" || !strings.Contains(se.Message, noticeID) {
-		t.Errorf("refusal %q does not name the notice %q", se.Message, n.hdr.Get("Message-ID"))
+	// The reply starts with the PEC identifier, the notice's daticert
+	// <identificativo> (not the notice's own Message-ID).
+	if id := gateway.ReplyPECID(se.Message); id == "" || id != n.dc.Identificativo {
+		t.Errorf("refusal %q does not start with the notice's PEC identifier %q", se.Message, n.dc.Identificativo)
 	}
 	if n.hdr.Get("From") != service || n.hdr.Get("To") != mario || n.subject != "AVVISO DI NON ACCETTAZIONE: "+subject ||
 		n.dc.Tipo != pec.TipoNonAccettazione || n.dc.Errore != pec.ErroreAltro || n.eml != nil {

@@ -212,3 +212,53 @@ func TestCheckConfigUsersFile(t *testing.T) {
 		t.Error("LoadUsers accepted it")
 	}
 }
+
+// TestDevSetup: serve --dev prints only what applies to it (no "next:"
+// of a production set-up), the demo user's password once, and how to set
+// a new one; on the next start it says how to set a new one again, and
+// that command works.
+func TestDevSetup(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "pecgw-data", "pecgw.toml")
+	var out bytes.Buffer
+	if err := devSetup(cfg, &out); err != nil {
+		t.Fatal(err)
+	}
+	first := out.String()
+	m := regexp.MustCompile(`demo user: demo@pec\.localhost  password: (\S+)  \(shown once`).FindStringSubmatch(first)
+	if m == nil {
+		t.Fatalf("no demo user and password in:\n%s", first)
+	}
+	for _, not := range []string{"next:", "check-config", "user add", "AgID"} {
+		if strings.Contains(first, not) {
+			t.Errorf("serve --dev prints %q, which is init's production set-up:\n%s", not, first)
+		}
+	}
+	passwd := " user passwd demo@pec.localhost --config " + cfg + " --generate"
+	if !strings.Contains(first, passwd) {
+		t.Errorf("the first start does not say how to set a new password (%q):\n%s", passwd, first)
+	}
+	c, err := config.Load(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := gateway.LoadUsers(c.Users.File)
+	if err != nil || !u.Authenticate("demo@pec.localhost", m[1]) {
+		t.Fatalf("the printed password does not log in: %v", err)
+	}
+
+	out.Reset()
+	if err := devSetup(cfg, &out); err != nil {
+		t.Fatal(err)
+	}
+	second := out.String()
+	if strings.Contains(second, m[1]) || !strings.Contains(second, "was shown when it was created") || !strings.Contains(second, passwd) {
+		t.Errorf("second start:\n%s", second)
+	}
+	code, stdout, stderr := runCmd(t, "user", "passwd", "demo@pec.localhost", "--config", cfg, "--generate")
+	if code != 0 {
+		t.Fatalf("the command it suggests: exit %d\n%s%s", code, stdout, stderr)
+	}
+	if u, err := gateway.LoadUsers(c.Users.File); err != nil || u.Authenticate("demo@pec.localhost", m[1]) {
+		t.Errorf("the old password still logs in after user passwd (%v)", err)
+	}
+}

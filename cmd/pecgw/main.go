@@ -22,7 +22,8 @@ usage:
   pecgw check-config [--config FILE]    check the configuration and report every problem
   pecgw user add|passwd|del|list [ADDRESS] --config FILE [--password-stdin | --generate]
                                         manage the users allowed to submit
-  pecgw verify FILE.eml [--ca CA.pem]   check a signed PEC message and show what it certifies
+  pecgw verify FILE.eml [--ca CA.pem] [--log DIR] [--strict]
+                                        check a signed PEC message and show what it certifies
   pecgw log tail|query|verify|purge|reindex --dir DIR ...
                                         read, check and maintain the transaction log (pecgw log help)
   pecgw spool list|confirm|reject [PEC-ID] --config FILE

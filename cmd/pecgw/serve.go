@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -75,9 +76,16 @@ func cmdServe(args []string, stdout, stderr io.Writer) error {
 
 // devSetup creates the development setup when the configuration does not
 // exist: pecgw init with the defaults and a demo user whose password is
-// printed once.
+// printed once. It prints only what applies to serve --dev (not init's
+// production steps); when the setup exists, how to set a new password
+// for the demo user, whose first one is not shown again.
 func devSetup(cfgPath string, stdout io.Writer) error {
+	self := selfCommand()
 	if _, err := os.Stat(cfgPath); err == nil {
+		if has, _ := hasUser(cfgPath, devUser); has {
+			fmt.Fprintf(stdout, "pecgw: development setup %s; the password of %s was shown when it was created.\n"+
+				"  a new one: %s user passwd %s --config %s --generate\n", cfgPath, devUser, self, devUser, cfgPath)
+		}
 		return nil
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return err
@@ -86,7 +94,7 @@ func devSetup(cfgPath string, stdout io.Writer) error {
 	if filepath.Base(cfgPath) != "pecgw.toml" {
 		return fmt.Errorf("--dev creates <dir>/pecgw.toml; %s does not exist", cfgPath)
 	}
-	if err := cmdInit([]string{"--dir", dir, "--domain", devDomain, "--provider-name", devProvider}, stdout); err != nil {
+	if _, _, err := initDir([]string{"--dir", dir, "--domain", devDomain, "--provider-name", devProvider}); err != nil {
 		return err
 	}
 	pw, err := generatePassword()
@@ -96,8 +104,44 @@ func devSetup(cfgPath string, stdout io.Writer) error {
 	if err := gateway.AddUser(filepath.Join(dir, "users"), devUser, pw); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "\ndemo user: %s  password: %s  (shown once)\n\n", devUser, pw)
+	fmt.Fprintf(stdout, `pecgw: created the development setup in %s: configuration pecgw.toml, development PKI
+  in pki/ (ca.pem verifies what pecgw signs and its TLS certificate), log/, outbound/, mailboxes/.
+
+demo user: %s  password: %s  (shown once; a new one:
+  %s user passwd %s --config %s --generate)
+
+`, dir, devUser, pw, self, devUser, cfgPath)
 	return nil
+}
+
+// hasUser says whether the users file of the configuration at cfgPath
+// lists address.
+func hasUser(cfgPath, address string) (bool, error) {
+	c, err := config.Load(cfgPath)
+	if err != nil {
+		return false, err
+	}
+	if c.Users.Backend != "file" {
+		return false, nil
+	}
+	u, err := gateway.LoadUsers(c.Users.File)
+	if err != nil {
+		return false, err
+	}
+	return slices.Contains(u.Addresses(), address), nil
+}
+
+// selfCommand is how this pecgw can be run again, for the commands it
+// suggests: "go run ./cmd/pecgw" when it runs under go run (README's
+// first run), else the name it was started with.
+func selfCommand() string {
+	if exe, err := os.Executable(); err == nil && strings.Contains(exe, string(filepath.Separator)+"go-build") {
+		return "go run ./cmd/pecgw"
+	}
+	if len(os.Args) > 0 && os.Args[0] != "" {
+		return os.Args[0]
+	}
+	return "pecgw"
 }
 
 // server is the running access point: its parts and listeners.
@@ -185,6 +229,18 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 		s.closeAll()
 		return nil, err
 	}
+	lang, err := gateway.ParseLanguage(cfg.Submission.ReplyLanguage)
+	if err != nil {
+		s.closeAll()
+		return nil, fmt.Errorf("submission.reply_language: %w", err)
+	}
+	var bareLF gateway.BareLFPolicy
+	if cfg.Submission.BareLF == "normalize" {
+		if bareLF, err = gateway.ParseBareLFClients(cfg.Submission.BareLFClients); err != nil {
+			s.closeAll()
+			return nil, fmt.Errorf("submission.bare_lf_clients: %w", err)
+		}
+	}
 	spool, err := delivery.OpenSpool(cfg.Delivery.Spool)
 	if err != nil {
 		s.closeAll()
@@ -211,6 +267,7 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 		Mailboxes:     mailboxes,
 		Now:           time.Now,
 		Rand:          rand.Reader,
+		BareLF:        bareLF,
 	}
 	// Transactions a crash left half done, before any client can retry.
 	rep, err := acceptor.Reconcile(context.Background(), gateway.ReconcileInput{LogDir: lo.Dir, Now: time.Now()})
@@ -263,6 +320,7 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 		TransactionTimeout: lim.DataTimeout,
 		CommandTimeout:     lim.CommandTimeout,
 		DataTimeout:        lim.DataTimeout,
+		Language:           lang,
 	}
 	gate := gateway.NewConnGate(gateway.ConnLimits{
 		Total:          lim.MaxConnections,
@@ -270,6 +328,7 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 		PerNetwork:     lim.MaxConnectionsPerNetwork,
 		PreAuthTimeout: lim.PreAuthTimeout,
 		LoginTimeout:   lim.LoginTimeout,
+		Language:       lang,
 	}, cfg.Listen.Hostname, logger)
 	raiseFileLimit(lim.MaxConnections, logger)
 	tlsConf := &tls.Config{
@@ -300,10 +359,21 @@ func newServer(cfgPath string, stderr io.Writer) (*server, error) {
 		srv.TLSConfig = tlsConf
 		srv.MaxMessageBytes = cfg.Limits.MaxMessageBytes
 		srv.MaxLineLength = gateway.MaxLineLength
-		// RCPT beyond the PEC limit still reaches Inspect, so the user
-		// gets the non-acceptance notice (RFC 6109 §3.1.1); this is only
-		// the hard cap of the session.
-		srv.MaxRecipients = 2 * cfg.Limits.MaxRecipients
+		// The recipient limit is announced (EHLO LIMITS RCPTMAX, RFC
+		// 9422) and applied at RCPT time with the same number: go-smtp
+		// answers the RCPT TO beyond it 452 4.5.3 (RFC 5321
+		// §4.5.3.1.10), before the whole message is uploaded. A client
+		// that goes on to DATA with the recipients it got (RFC 5321 tells
+		// it to) still gets the too-many-recipients refusal and its
+		// notice (RFC 6109 §3.1.2): To and Cc name more recipients than
+		// the limit, and pec.Inspect counts those too. Chosen over
+		// taking every RCPT and refusing after DATA (what pecgw did, with
+		// RCPTMAX twice the limit): a client that reads RCPTMAX, or stops
+		// at the 452, learns it before the upload. The price: the 452 is
+		// go-smtp's own, in English ("Maximum limit of N recipients
+		// reached"): v0.25.1 answers it before calling the session and
+		// takes its text from nowhere else (docs/replies.md).
+		srv.MaxRecipients = cfg.Limits.MaxRecipients
 		srv.ReadTimeout = cfg.Limits.CommandTimeout
 		srv.WriteTimeout = cfg.Limits.CommandTimeout
 		srv.EnableSMTPUTF8 = true

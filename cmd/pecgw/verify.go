@@ -33,18 +33,21 @@ var kindLabel = map[string]string{
 
 // cmdVerify checks a signed PEC message: the S/MIME signature (and the
 // chain, with --ca), that X-Trasporto / X-Ricevuta agree with
-// daticert.xml, and prints what the message certifies. Exit status 0 only
+// daticert.xml, that the unsigned outer Subject, From, To, Cc and Date
+// agree with what is signed (verifyheader.go: a warning, or with --strict
+// a failure), and prints what the message certifies. Exit status 0 only
 // when everything checked is valid.
 func cmdVerify(args []string, stdout, _ io.Writer) error {
 	fs := quietFlagSet("verify")
 	caFile := fs.String("ca", "", "PEM file of trusted root certificates; without it only integrity is checked")
 	logDir := fs.String("log", "", "the provider's log folder: check that it still holds the record the receipt or notice names")
+	strict := fs.Bool("strict", false, "an outer header that differs from what is signed makes the message not valid")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 {
-		return fmt.Errorf("%w: want one message file: pecgw verify FILE.eml [--ca CA.pem] [--log DIR]", errUsage)
+		return fmt.Errorf("%w: want one message file: pecgw verify FILE.eml [--ca CA.pem] [--log DIR] [--strict]", errUsage)
 	}
 	file := pos[0]
 	roots, err := loadRoots(*caFile)
@@ -170,6 +173,31 @@ func cmdVerify(args []string, stdout, _ io.Writer) error {
 	if res != nil {
 		for _, warn := range signer.CheckProfile(res.Signer, domainOf(res.Signer)) {
 			w.line("profile", "warning: "+warn)
+		}
+	}
+	// What a mail client shows is the outer header, which nobody signs.
+	switch {
+	case anomaly:
+	case herr != nil:
+		w.line("header", "not checked: "+herr.Error())
+		ok = ok && !*strict
+	case verr != nil || dcErr != nil:
+		w.line("header", "not checked: nothing signed to compare it with")
+	default:
+		diffs := outerHeaderDiffs(hdr.Header, dc, res.Signer, res.Content)
+		word := "WARNING"
+		if *strict {
+			word = "MISMATCH"
+		}
+		for _, d := range diffs {
+			w.line("header", word+": "+d)
+		}
+		if len(diffs) == 0 {
+			w.line("header", "Subject, From, To, Cc and Date agree with what is signed")
+		} else if *strict {
+			ok = false
+		} else {
+			w.line("header", "the outer header is not signed: a mail client shows it as it is (--strict makes this fail)")
 		}
 	}
 	if *logDir != "" {

@@ -219,3 +219,95 @@ func TestVerifyAnomalyEnvelope(t *testing.T) {
 		t.Errorf("exit %d\n%s", code, out)
 	}
 }
+
+// TestVerifyOuterHeader: the outer Subject, From, To, Cc and Date are not
+// signed; an acceptance receipt whose outer header was edited still
+// verifies, and pecgw verify warns of each difference, or with --strict
+// exits 1.
+func TestVerifyOuterHeader(t *testing.T) {
+	clean := ourMessage(t, false)
+	code, out, _ := runCmd(t, "verify", "--strict", clean)
+	if code != 0 || !strings.Contains(out, "header:       Subject, From, To, Cc and Date agree with what is signed") {
+		t.Errorf("untouched receipt, --strict: exit %d\n%s", code, out)
+	}
+	for _, c := range []struct{ name, old, new, warning string }{
+		{"subject", "Subject: ACCETTAZIONE: prova", "Subject: ACCETTAZIONE: fattura pagata",
+			`Subject "ACCETTAZIONE: fattura pagata", but what is signed says "ACCETTAZIONE: prova" (daticert oggetto "prova")`},
+		{"to", "To: a@pec.example.it", "To: b@pec.altro.it", "To b@pec.altro.it, but the message is for the sender the signed daticert names, a@pec.example.it"},
+		{"cc", "To: a@pec.example.it", "To: a@pec.example.it\r\nCc: spia@example.com", "Cc spia@example.com, in a message only for the sender"},
+		{"from", "From: posta-certificata@pec.example.it", "From: posta-certificata@pec.falso.it", "From posta-certificata@pec.falso.it, but the message is signed by posta-certificata@pec.example.it"},
+		{"date", "Date: Mon, 23 Nov 2026 10:00:00 +0100", "Date: Tue, 24 Nov 2026 10:00:00 +0100", "Date Tue, 24 Nov 2026 10:00:00 +0100, but the signed daticert data is 23/11/2026 10:00:00 (+0100)"},
+		{"second subject", "Subject: ACCETTAZIONE: prova", "Subject: ACCETTAZIONE: prova\r\nSubject: altro", "the outer header has 2 Subject fields"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := ourMessageWith(t, func(m *pec.Message) {
+				if !bytes.Contains(m.Header, []byte(c.old)) {
+					t.Fatalf("no %q in the header:\n%s", c.old, m.Header)
+				}
+				m.Header = bytes.Replace(m.Header, []byte(c.old), []byte(c.new), 1)
+			})
+			code, out, _ := runCmd(t, "verify", p, "--ca", testpki.CAFile(t))
+			if code != 0 || !strings.Contains(out, "header:       WARNING: "+c.warning) || !strings.Contains(out, "signature:    signature valid") ||
+				!strings.Contains(out, "result:       valid") {
+				t.Errorf("edited %s: exit %d\n%s\nwant a warning %q", c.name, code, out, c.warning)
+			}
+			code, out, _ = runCmd(t, "verify", "--strict", p, "--ca", testpki.CAFile(t))
+			if code != 1 || !strings.Contains(out, "header:       MISMATCH: "+c.warning) || !strings.Contains(out, "result:       NOT VALID") {
+				t.Errorf("edited %s, --strict: exit %d\n%s", c.name, code, out)
+			}
+		})
+	}
+}
+
+// TestVerifyOuterHeaderOfEnvelope: an envelope's outer To and Cc are the
+// original's, as its signed postacert.eml has them; its From says for
+// whom ("Per conto di: <mittente>").
+func TestVerifyOuterHeaderOfEnvelope(t *testing.T) {
+	raw := "Date: Mon, 23 Nov 2026 10:00:00 +0100\r\nFrom: a@pec.example.it\r\nTo: b@pec.altro.it\r\nCc: c@example.com\r\nSubject: =?utf-8?q?citt=C3=A0?=\r\nMessage-ID: <m1@client>\r\n\r\nciao\r\n"
+	s, v := pec.Inspect([]byte(raw), pec.SMTPEnvelope{From: "a@pec.example.it", To: []string{"b@pec.altro.it", "c@example.com"}}, pec.Limits{})
+	if len(v) > 0 {
+		t.Fatal(v)
+	}
+	at := pec.At(time.Date(2026, 11, 23, 9, 0, 0, 0, time.UTC))
+	tx := pec.Transaction{Provider: pec.Provider{Name: testpki.ProviderName, Domain: testpki.Domain}, At: at,
+		ID: "20261123100000.x@pec.example.it", Submission: s, Directory: pec.NewDomainDirectory([]string{testpki.Domain}, []string{"pec.altro.it"})}
+	write := func(edit func([]byte) []byte) string {
+		m, err := pec.BuildEnvelope(tx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Header = edit(m.Header)
+		entity, err := testpki.Signer(t, "p256").Sign(m.Body, at.Time())
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(t.TempDir(), "env.eml")
+		if err := os.WriteFile(p, m.Bytes(entity), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	if code, out, _ := runCmd(t, "verify", "--strict", write(func(h []byte) []byte { return h })); code != 0 || !strings.Contains(out, "agree with what is signed") {
+		t.Errorf("untouched envelope: exit %d\n%s", code, out)
+	}
+	for old, warning := range map[string]string{
+		"Cc: c@example.com":       "Cc d@example.com, but the signed postacert.eml says Cc c@example.com",
+		"Per conto di: a@pec.":    `From says "Per conto di: boss@pec.example.it", but the signed daticert mittente is a@pec.example.it`,
+		"POSTA CERTIFICATA: =?ut": `Subject "POSTA CERTIFICATA: altro", but what is signed says "POSTA CERTIFICATA: città"`,
+	} {
+		p := write(func(h []byte) []byte {
+			switch old {
+			case "Cc: c@example.com":
+				return bytes.Replace(h, []byte(old), []byte("Cc: d@example.com"), 1)
+			case "Per conto di: a@pec.":
+				return bytes.Replace(h, []byte("Per conto di: a@pec.example.it"), []byte("Per conto di: boss@pec.example.it"), 1)
+			}
+			i := bytes.Index(h, []byte("Subject: "))
+			j := bytes.Index(h[i:], []byte("\r\nTo:")) + i
+			return append(append(append([]byte{}, h[:i]...), "Subject: POSTA CERTIFICATA: altro"...), h[j:]...)
+		})
+		if code, out, _ := runCmd(t, "verify", "--strict", p); code != 1 || !strings.Contains(out, "MISMATCH: "+warning) {
+			t.Errorf("edited %q: exit %d\n%s\nwant %q", old, code, out, warning)
+		}
+	}
+}
