@@ -262,3 +262,22 @@ func TestDevSetup(t *testing.T) {
 		t.Errorf("the old password still logs in after user passwd (%v)", err)
 	}
 }
+
+// TestCommandHelp: pecgw CMD --help (or -h) prints the usage of CMD and
+// exits 0, instead of the flag package's "help requested"; pecgw log's
+// subcommands print the log's help.
+func TestCommandHelp(t *testing.T) {
+	for _, args := range [][]string{
+		{"init", "--help"}, {"user", "add", "-h"}, {"serve", "--help"}, {"verify", "x.eml", "--help"},
+		{"spool", "list", "-help"}, {"check-config", "--help"}, {"log", "tail", "--help"},
+	} {
+		code, out, errOut := runCmd(t, args...)
+		want := "  pecgw " + args[0]
+		if code != 0 || !strings.HasPrefix(out, "usage:\n") || !strings.Contains(out, want) || errOut != "" || strings.Contains(out+errOut, "help requested") {
+			t.Errorf("pecgw %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errOut)
+		}
+		if args[0] != "log" && strings.Contains(out, "pecgw version") {
+			t.Errorf("pecgw %s: the whole usage, not the command's\n%s", strings.Join(args, " "), out)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strings"
 )
 
@@ -46,6 +47,16 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return 2
+	}
+	// pecgw CMD --help: the lines of usage about CMD (pecgw log has its
+	// own, longer help).
+	if slices.ContainsFunc(args[1:], isHelpFlag) {
+		if args[0] == "log" {
+			args = []string{"log", "help"}
+		} else if u := commandUsage(args[0]); u != "" {
+			fmt.Fprint(stdout, u)
+			return 0
+		}
 	}
 	var err error
 	switch args[0] {
@@ -87,6 +98,30 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "pecgw %s: %v\n", args[0], err)
 		return 1
 	}
+}
+
+func isHelpFlag(a string) bool { return a == "-h" || a == "--help" || a == "-help" }
+
+// commandUsage is the lines of usage about command cmd, "" when it has
+// none: what pecgw CMD --help prints.
+func commandUsage(cmd string) string {
+	var b strings.Builder
+	in := false
+	for _, line := range strings.Split(usage, "\n") {
+		switch {
+		case strings.HasPrefix(line, "  pecgw "+cmd+" ") || line == "  pecgw "+cmd:
+			in = true
+		case strings.HasPrefix(line, "  pecgw "):
+			in = false
+		}
+		if in && strings.TrimSpace(line) != "" {
+			b.WriteString(line + "\n")
+		}
+	}
+	if b.Len() == 0 {
+		return ""
+	}
+	return "usage:\n" + b.String()
 }
 
 // errSilent is a failure already reported on stdout.
